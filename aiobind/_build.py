@@ -1,0 +1,111 @@
+"""cffi builder for ``aiobind._native`` (out-of-line API mode, built at install time).
+
+The C helpers below exist so that one Python call crosses into C once: preparing an
+iocb, pointing it at our eventfd and submitting it is a single call, and reaping copies
+the completions into flat arrays that Python indexes without touching struct fields.
+"""
+
+from cffi import FFI
+
+CDEF = """
+typedef struct io_context *io_context_t;
+struct iocb { ...; };
+
+int aiob_setup(unsigned nr, io_context_t *ctx);
+int aiob_destroy(io_context_t ctx);
+void aiob_prep_read(struct iocb *slab, long slot, int fd, void *buf, size_t len,
+                    long long offset, int efd);
+int aiob_submit_slots(io_context_t ctx, struct iocb *slab, struct iocb **ptrs,
+                      const long *slots, long n);
+int aiob_submit_one(io_context_t ctx, struct iocb *slab, long slot, int fd, void *buf,
+                    size_t len, long long offset, int efd);
+int aiob_reap(io_context_t ctx, long min_nr, long max_nr, struct io_event *events,
+              long long timeout_ns, long *out_slots, long long *out_res);
+int aiob_openat2(int dirfd, const char *path, unsigned long long flags,
+                 unsigned long long mode, unsigned long long resolve);
+
+#define RESOLVE_NO_XDEV ...
+#define RESOLVE_NO_MAGICLINKS ...
+#define RESOLVE_NO_SYMLINKS ...
+#define RESOLVE_BENEATH ...
+#define RESOLVE_IN_ROOT ...
+"""
+
+SOURCE = r"""
+#include <errno.h>
+#include <libaio.h>
+#include <linux/openat2.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static int aiob_setup(unsigned nr, io_context_t *ctx) {
+    *ctx = 0;
+    return io_setup(nr, ctx);
+}
+
+static int aiob_destroy(io_context_t ctx) { return io_destroy(ctx); }
+
+static void aiob_prep_read(struct iocb *slab, long slot, int fd, void *buf, size_t len,
+                           long long offset, int efd) {
+    struct iocb *cb = &slab[slot];
+    io_prep_pread(cb, fd, buf, len, offset);
+    if (efd >= 0)
+        io_set_eventfd(cb, efd);
+    /* the slot index comes back in the completion: no pointer games in Python */
+    cb->data = (void *)(intptr_t)slot;
+}
+
+static int aiob_submit_slots(io_context_t ctx, struct iocb *slab, struct iocb **ptrs,
+                             const long *slots, long n) {
+    for (long i = 0; i < n; i++)
+        ptrs[i] = &slab[slots[i]];
+    return io_submit(ctx, n, ptrs);
+}
+
+static int aiob_submit_one(io_context_t ctx, struct iocb *slab, long slot, int fd, void *buf,
+                           size_t len, long long offset, int efd) {
+    struct iocb *cb = &slab[slot];
+    aiob_prep_read(slab, slot, fd, buf, len, offset, efd);
+    return io_submit(ctx, 1, &cb);
+}
+
+static int aiob_reap(io_context_t ctx, long min_nr, long max_nr, struct io_event *events,
+                     long long timeout_ns, long *out_slots, long long *out_res) {
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000LL;
+        ts.tv_nsec = timeout_ns % 1000000000LL;
+        tsp = &ts;
+    }
+    int n = io_getevents(ctx, min_nr, max_nr, events, tsp);
+    for (int i = 0; i < n; i++) {
+        out_slots[i] = (long)(intptr_t)events[i].data;
+        /* io_event.res is unsigned in the header: a negative errno hides in it */
+        out_res[i] = (long long)(long)events[i].res;
+    }
+    return n;
+}
+
+static int aiob_openat2(int dirfd, const char *path, unsigned long long flags,
+                        unsigned long long mode, unsigned long long resolve) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = flags;
+    how.mode = mode;
+    how.resolve = resolve;
+    long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    return fd < 0 ? -errno : (int)fd;
+}
+"""
+
+CDEF += "struct io_event { ...; };\n"
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source("aiobind._native", SOURCE, libraries=["aio"])
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

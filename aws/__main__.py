@@ -1,0 +1,5 @@
+import sys
+
+from aws.cli import main
+
+sys.exit(main())

@@ -1,0 +1,28 @@
+"""Settings shared by the supervisor and the workers (one frozen value, passed down)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 8888
+    root: str = "."
+    workers: int = 1
+    access_log: str | None = None
+    # Timeouts, in seconds.
+    header_timeout: float = 10.0  # a complete request head must arrive within this
+    keepalive_timeout: float = 15.0  # idle time between requests on a kept-alive connection
+    send_timeout: float = 60.0  # a client that reads nothing for this long is dropped
+    drain_timeout: float = 30.0  # how long SIGTERM waits for transfers in flight
+    # Limits.
+    max_connections: int = 4096  # per worker; past it new connections are closed at once
+    sendfile_chunk: int = 1 << 20  # bytes per connection per loop turn (nginx's sendfile_max_chunk)
+    aio_chunk: int = 512 * 1024  # bytes per AIO buffer
+    aio_depth: int = 2  # AIO buffers per dynamic transfer
+    aio_maxevents: int = 256  # AIO reads in flight per worker
+    open_file_cache: int = 1024  # open files kept per prefix per worker
+    open_file_valid: float = 1.0  # seconds between re-checks of a cached file
+    backlog: int = 1024

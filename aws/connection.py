@@ -1,0 +1,605 @@
+"""One client connection as an explicit state machine.
+
+Partial reads and partial writes are the normal case: every send loops until the kernel
+says EAGAIN (a short count is not EAGAIN), then waits for EPOLLOUT; every read keeps
+what it got and waits for more. The whole machine is :data:`TRANSITIONS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING
+from urllib.parse import quote_from_bytes
+
+from aws import http
+from aws.aio import DynamicBody, FileChanged
+from aws.conditions import evaluate
+from aws.files import Redirect, Resource
+from aws.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+
+if TYPE_CHECKING:
+    from aws.files import FileCache
+    from aws.server import Server
+
+log = logging.getLogger("aws.connection")
+
+RECV_SIZE = 64 * 1024
+READ_AHEAD_LIMIT = 64 * 1024  # pipelined bytes buffered while a response is in progress
+MAX_PIPELINED_PER_TURN = 32  # then yield to the other connections of the loop
+LINGER_TIMEOUT = 2.0
+MSG_MORE = socket.MSG_MORE
+
+
+class State(enum.Enum):
+    READ_HEAD = "reading a request head"
+    READ_BODY = "discarding a request body"
+    SEND_HEAD = "sending a head (and a small body)"
+    SEND_FILE = "sending a static file with sendfile"
+    AIO_WAIT = "waiting for an AIO read"
+    SEND_BUFFER = "sending an AIO buffer"
+    DONE = "response complete"
+    LINGER = "closing: draining what the client still sends"
+    CLOSED = "closed"
+
+
+S = State
+TRANSITIONS: dict[State, frozenset[State]] = {
+    S.READ_HEAD: frozenset({S.READ_BODY, S.SEND_HEAD, S.AIO_WAIT, S.CLOSED}),
+    S.READ_BODY: frozenset({S.SEND_HEAD, S.AIO_WAIT, S.CLOSED}),
+    S.SEND_HEAD: frozenset({S.SEND_FILE, S.DONE, S.CLOSED}),
+    S.SEND_FILE: frozenset({S.DONE, S.CLOSED}),
+    # A dynamic response's head waits for the first chunk, so both leave in one sendmsg.
+    S.AIO_WAIT: frozenset({S.SEND_BUFFER, S.CLOSED}),
+    S.SEND_BUFFER: frozenset({S.AIO_WAIT, S.DONE, S.CLOSED}),
+    S.DONE: frozenset({S.READ_HEAD, S.LINGER, S.CLOSED}),
+    S.LINGER: frozenset({S.CLOSED}),
+    S.CLOSED: frozenset(),
+}
+SENDING = frozenset({S.SEND_HEAD, S.SEND_FILE, S.SEND_BUFFER})
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class Connection:
+    __slots__ = (
+        "body",
+        "body_cache",
+        "busy",
+        "deadline",
+        "discard",
+        "eof",
+        "fd",
+        "inbuf",
+        "keep_alive",
+        "linger",
+        "mask",
+        "out",
+        "peer",
+        "pending",
+        "pos",
+        "req",
+        "requests",
+        "res",
+        "scan",
+        "sent",
+        "server",
+        "sock",
+        "state",
+        "status",
+        "stop",
+    )
+
+    def __init__(self, server: Server, sock: socket.socket, peer: object) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.state = S.READ_HEAD
+        self.mask = EPOLLIN
+        self.inbuf = b""
+        self.scan = 0  # where to resume looking for the end of a partial head
+        self.eof = False  # the client shut down its sending side
+        self.busy = False  # inside _process: completions must not recurse into it
+        self.requests = 0
+        self.req: http.Request | None = None
+        self.pending: http.Request | None = None  # waiting for its body to be discarded
+        self.discard = 0
+        self.keep_alive = True
+        self.out = b""  # head (or whole small response) bytes not yet sent
+        self.res: Resource | None = None
+        self.body_cache: FileCache | None = None
+        self.body: DynamicBody | None = None
+        self.pos = 0
+        self.stop = 0
+        self.status = 0
+        self.sent = 0
+        self.linger = False  # the client may still be sending: close gently
+        # Checked by the worker's periodic sweep (no timer object per connection).
+        self.deadline: float | None = server.loop.now + server.config.header_timeout
+
+    def __repr__(self) -> str:
+        return f"<Connection fd={self.fd} peer={self.peer} state={self.state.name}>"
+
+    # -- the machine ---------------------------------------------------------------------
+
+    def _to(self, new: State) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.state.name} -> {new.name}")
+        self.state = new
+
+    def _want(self, mask: int) -> None:
+        if mask != self.mask:
+            self.mask = mask
+            self.server.loop.modify(self.fd, mask)
+
+    # -- timeouts ------------------------------------------------------------------------
+
+    def _set_deadline(self, when: float | None) -> None:
+        self.deadline = when
+
+    def timed_out(self) -> None:
+        """Called by the worker's sweep once ``deadline`` has passed."""
+        state = self.state
+        if state is S.READ_HEAD and not self.inbuf and self.requests:
+            self.close()  # an idle keep-alive connection: nothing to say
+            return
+        if state in (S.READ_HEAD, S.READ_BODY):
+            log.info("%s: 408, no complete request within the timeout", self.peer)
+            self._try_send_final(http.error_response(408, self.server.date.value, False))
+            self.close()
+            return
+        if state is S.LINGER:
+            self.close()
+            return
+        log.info(
+            "%s: dropped, no progress for %ss while %s",
+            self.peer,
+            self.server.config.send_timeout,
+            state.value,
+        )
+        self.close()
+
+    def _try_send_final(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.send(data)
+
+    # -- events --------------------------------------------------------------------------
+
+    def on_event(self, events: int) -> None:
+        state = self.state
+        if state is S.READ_HEAD or state is S.READ_BODY:
+            self._on_readable()
+        elif state in SENDING:
+            self._send()
+        elif state is S.AIO_WAIT:
+            if events & EPOLLIN:
+                self._read_ahead()
+            elif events & (EPOLLERR | EPOLLHUP):
+                self.close()
+        elif state is S.LINGER:
+            self._linger()
+
+    def on_error(self, exc: BaseException) -> None:
+        self.close()
+
+    def _recv(self) -> bytes | None:
+        """Bytes from the socket; b"" at EOF; None when there are none yet."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            log.debug("%s: recv failed: %s", self.peer, exc)
+            return b""
+
+    def _on_readable(self) -> None:
+        data = self._recv()
+        if data is None:
+            return
+        if not data:
+            if self.inbuf or self.state is S.READ_BODY:
+                log.debug("%s: closed with an incomplete request", self.peer)
+            self.close()
+            return
+        if self.state is S.READ_BODY:
+            self._discard_body(data)
+            return
+        if self.inbuf:
+            self.inbuf += data
+        else:
+            if self.requests:  # the first byte of the next request starts its clock
+                self._set_deadline(self.server.loop.now + self.server.config.header_timeout)
+            self.inbuf = data
+        self._process()
+
+    def _read_ahead(self) -> None:
+        """Buffer pipelined bytes while a response is in progress (bounded)."""
+        data = self._recv()
+        if data is None:
+            return
+        if not data:
+            self.eof = True
+            self.keep_alive = False
+            self._want(self.mask & ~EPOLLIN)
+            return
+        self.inbuf += data
+        if len(self.inbuf) >= READ_AHEAD_LIMIT:
+            self._want(self.mask & ~EPOLLIN)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer every complete request already buffered, in order."""
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            for _ in range(MAX_PIPELINED_PER_TURN):
+                if self.state is not S.READ_HEAD or not self._next_request():
+                    return
+            if self.state is S.READ_HEAD and self.inbuf:
+                self.server.loop.call_soon(self._resume)
+        finally:
+            self.busy = False
+
+    def _resume(self) -> None:
+        if self.state is S.READ_HEAD:
+            self._process()
+
+    def _next_request(self) -> bool:
+        """Parse and start answering one request; False when none is complete."""
+        buf = self.inbuf
+        if buf[:2] == b"\r\n":
+            buf = self.inbuf = http.skip_empty_lines(buf)
+        if not buf:
+            if self.eof:
+                self.close()
+            return False
+        try:
+            end = http.find_head_end(buf, self.scan)
+        except http.HttpError as exc:
+            self._fail(exc, None)
+            return False
+        if end < 0:
+            self.scan = max(0, len(buf) - 3)
+            return False
+        self.inbuf = buf[end:]
+        self.scan = 0
+        try:
+            req = http.parse_head(buf[:end])
+        except http.HttpError as exc:
+            self._fail(exc, None)
+            return False
+        self.requests += 1
+        length = req.content_length
+        if length:
+            if length > http.MAX_DISCARDED_BODY:
+                self._fail(http.HttpError(413, "request body too large", close=True), req)
+                return False
+            have = len(self.inbuf)
+            if have < length:
+                self.discard = length - have
+                self.inbuf = b""
+                self.pending = req
+                self._to(S.READ_BODY)
+                return False
+            self.inbuf = self.inbuf[length:]
+        self._respond(req)
+        return True
+
+    def _discard_body(self, data: bytes) -> None:
+        """Drop request-body bytes (a GET may carry one), then answer the request."""
+        n = min(self.discard, len(data))
+        self.discard -= n
+        if self.discard:
+            return
+        req, self.pending = self.pending, None
+        assert req is not None
+        self.inbuf = data[n:]  # the next pipelined request, if any: read after the answer
+        self._respond(req)
+
+    # -- responses -----------------------------------------------------------------------
+
+    def _respond(self, req: http.Request) -> None:
+        server = self.server
+        self.req = req
+        self.keep_alive = req.keep_alive and not server.draining and not self.eof
+        segments = req.segments
+        if segments is None or req.method == "OPTIONS":
+            self._simple(200, b"", ((b"Allow", http.ALLOW), (b"Content-Length", b"0")))
+            return
+        cache = server.caches.get(segments[0]) if segments else None
+        if cache is None:
+            self._fail(http.HttpError(404, "outside /static/ and /dynamic/"), req)
+            return
+        try:
+            if len(segments) == 1:
+                raise Redirect()
+            res = cache.acquire(segments[1:], server.loop.now)
+        except http.HttpError as exc:
+            self._fail(exc, req)
+            return
+        except Redirect:
+            location = quote_from_bytes(req.path + b"/").encode()
+            self._simple(301, b"", ((b"Location", location), (b"Content-Length", b"0")))
+            return
+        decision = evaluate(req, res)
+        status = decision.status
+        date = server.date.value
+        if status == 200:
+            head = res.ok_head(date, self.keep_alive)
+        elif status == 206:
+            head = http.build_head(
+                206,
+                date,
+                self.keep_alive,
+                [
+                    *res.fields(),
+                    (
+                        b"Content-Range",
+                        b"bytes %d-%d/%d" % (decision.start, decision.end - 1, res.size),
+                    ),
+                    (b"Content-Length", b"%d" % (decision.end - decision.start)),
+                ],
+            )
+        elif status == 304:
+            head = http.build_head(
+                304,
+                date,
+                self.keep_alive,
+                [(b"Last-Modified", res.last_modified), (b"ETag", res.etag)],
+            )
+        else:
+            extra = ((b"Content-Range", b"bytes */%d" % res.size),) if status == 416 else ()
+            cache.release(res)
+            self.status = status
+            self._send_bytes(
+                http.error_response(status, date, self.keep_alive, req.method == "HEAD", extra)
+            )
+            return
+        self.status = status
+        start, stop = decision.start, decision.end
+        if req.method == "HEAD" or status == 304 or start == stop:
+            cache.release(res)
+            self._send_bytes(head)
+            return
+        self.res = res
+        self.body_cache = cache
+        self.pos = start
+        self.stop = stop
+        self.sent = 0
+        if cache is server.static:
+            self.out = head
+            self._to(S.SEND_HEAD)
+            self._send_head()
+        else:
+            self.out = head
+            self._to(S.AIO_WAIT)
+            self.body = DynamicBody(server.aio, self, res.fd, start, stop, server.config.aio_depth)
+
+    def _simple(self, status: int, body: bytes, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.status = status
+        self._send_bytes(
+            http.build_head(status, self.server.date.value, self.keep_alive, fields) + body
+        )
+
+    def _fail(self, exc: http.HttpError, req: http.Request | None) -> None:
+        """Answer with an error status; close afterwards if framing is now unknown."""
+        if exc.status >= 500 or exc.status not in (404, 412, 416):
+            log.info("%s: %d %s", self.peer, exc.status, exc.detail)
+        else:
+            log.debug("%s: %d %s", self.peer, exc.status, exc.detail)
+        if exc.close or req is None:
+            self.keep_alive = False
+            self.inbuf = b""
+            self.linger = True  # where the next request starts is unknown: read no more
+        else:
+            self.keep_alive = req.keep_alive and not self.server.draining and not self.eof
+        self.req = req
+        self.status = exc.status
+        head_only = req is not None and req.method == "HEAD"
+        self._send_bytes(
+            http.error_response(
+                exc.status, self.server.date.value, self.keep_alive, head_only, exc.headers
+            )
+        )
+
+    def _send_bytes(self, data: bytes) -> None:
+        self.out = data
+        self.res = None
+        self._to(S.SEND_HEAD)
+        self._send_head()
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _send(self) -> None:
+        state = self.state
+        if state is S.SEND_FILE:
+            self._send_file()
+        elif state is S.SEND_BUFFER:
+            self._send_body()
+        else:
+            self._send_head()
+
+    def _block(self) -> None:
+        """The socket is full: wait for EPOLLOUT, and for at most send_timeout."""
+        self._want(EPOLLOUT)
+        self._set_deadline(self.server.loop.now + self.server.config.send_timeout)
+
+    def _send_head(self) -> None:
+        out = self.out
+        sock = self.sock
+        # A file follows: let the head wait for its first bytes (one segment, no Nagle).
+        flags = MSG_MORE if self.res is not None else 0
+        while out:
+            try:
+                n = sock.send(out, flags)
+            except BlockingIOError:
+                self.out = out
+                self._block()
+                return
+            except OSError as exc:
+                self._abort(f"send failed: {exc}")
+                return
+            out = out[n:]
+        self.out = b""
+        if self.res is None:
+            self._finish()
+            return
+        self._to(S.SEND_FILE)
+        self._send_file()
+
+    def _send_file(self) -> None:
+        res = self.res
+        assert res is not None
+        budget = self.server.config.sendfile_chunk
+        fd, in_fd, pos, stop = self.fd, res.fd, self.pos, self.stop
+        sendfile = os.sendfile
+        while pos < stop:
+            try:
+                n = sendfile(fd, in_fd, pos, min(stop - pos, budget))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.pos = pos
+                self._abort(f"sendfile failed: {exc}")
+                return
+            if n == 0:
+                self.pos = pos
+                self._abort("file shrank during the transfer")
+                return
+            pos += n
+            budget -= n
+            if budget <= 0:
+                break  # level-triggered EPOLLOUT brings us back next turn
+        self.sent += pos - self.pos
+        self.pos = pos
+        if pos < stop:
+            self._block()
+            return
+        self._finish()
+
+    def on_body_ready(self) -> None:
+        """The AIO read the response is waiting for has completed."""
+        if self.state is S.AIO_WAIT:
+            self._to(S.SEND_BUFFER)
+            self._send_body()
+
+    def _send_body(self) -> None:
+        body = self.body
+        assert body is not None
+        sock = self.sock
+        budget = self.server.config.sendfile_chunk
+        while True:
+            try:
+                view = body.view()
+            except (OSError, FileChanged) as exc:
+                self._abort(f"reading the file failed: {exc}")
+                return
+            if view is None:
+                self._to(S.AIO_WAIT)
+                self.deadline = None  # the disk is ours to wait for, not the client's fault
+                self._want(0 if self.eof or len(self.inbuf) >= READ_AHEAD_LIMIT else EPOLLIN)
+                return
+            out = self.out
+            try:
+                n = sock.sendmsg([out, view]) if out else sock.send(view)
+            except BlockingIOError:
+                self._block()
+                return
+            except OSError as exc:
+                self._abort(f"send failed: {exc}")
+                return
+            if out:
+                if n < len(out):
+                    self.out = out[n:]
+                    continue
+                self.out = b""
+                n -= len(out)
+            view.release()
+            self.sent += n
+            budget -= n
+            if body.advance(n):
+                self._finish()
+                return
+            if budget <= 0:
+                self._block()
+                return
+
+    # -- ending a response ---------------------------------------------------------------
+
+    def _release_body(self) -> None:
+        if self.res is not None:
+            assert self.body_cache is not None
+            self.body_cache.release(self.res)
+            self.res = None
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+
+    def _finish(self) -> None:
+        self._to(S.DONE)
+        self._release_body()
+        server = self.server
+        if server.access_log is not None:
+            server.log_access(self)
+        if not self.keep_alive or server.draining:
+            if (self.inbuf or self.linger) and not self.eof:
+                self._start_linger()
+            else:
+                self.close()
+            return
+        self._to(S.READ_HEAD)
+        self.req = None
+        self._want(EPOLLIN)
+        self._set_deadline(server.loop.now + server.config.keepalive_timeout)
+        if self.inbuf:
+            self._process()
+
+    def _start_linger(self) -> None:
+        """Close gently: a close with unread bytes would reset the connection and
+        could destroy the response before the client reads it (nginx's lingering_close)."""
+        self._to(S.LINGER)
+        self.inbuf = b""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self._want(EPOLLIN)
+        self._set_deadline(self.server.loop.now + LINGER_TIMEOUT)
+
+    def _linger(self) -> None:
+        for _ in range(4):
+            data = self._recv()
+            if data is None:
+                return
+            if not data:
+                self.close()
+                return
+
+    def _abort(self, why: str) -> None:
+        log.info("%s: connection ended early: %s", self.peer, why)
+        self.close()
+
+    def close(self) -> None:
+        if self.state is S.CLOSED:
+            return
+        self.state = S.CLOSED
+        self.deadline = None
+        self._release_body()
+        server = self.server
+        server.loop.forget(self.fd)
+        self.sock.close()
+        server.closed(self)
+
+    @property
+    def idle(self) -> bool:
+        """Between requests with nothing buffered: safe to close when draining."""
+        return self.state is S.READ_HEAD and not self.inbuf

@@ -1,0 +1,214 @@
+"""From URL path segments to an open file under the document root, with an open-file cache.
+
+Confinement is the kernel's job: every open goes through ``openat2(RESOLVE_BENEATH)``
+relative to the prefix directory, so ``..``, absolute paths and symlinks that lead out
+are refused by the kernel itself, with no resolve-then-open race. The cache keeps the
+descriptor, the stat result and pre-built response heads (like nginx's
+``open_file_cache``) and re-checks the path at most once per ``valid`` seconds, so a
+replaced file is served within that time.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable
+
+import aiobind
+from aws import http
+from aws.mime import content_type
+
+log = logging.getLogger("aws.files")
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+_RESOLVE = aiobind.RESOLVE_BENEATH | aiobind.RESOLVE_NO_MAGICLINKS
+# errno values that mean "nothing servable there": not found, escaping the root
+# (EXDEV), a symlink loop or a file where a directory was expected.
+_NOT_FOUND = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.EXDEV, errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL}
+)
+
+
+class Resource:
+    """An open regular file and what a response needs to know about it."""
+
+    __slots__ = (
+        "_date",
+        "_heads",
+        "checked",
+        "content_type",
+        "direct",
+        "etag",
+        "fd",
+        "identity",
+        "last_modified",
+        "mtime",
+        "refs",
+        "size",
+        "stale",
+    )
+
+    def __init__(self, fd: int, st: os.stat_result, name: bytes, direct: bool, now: float):
+        self.fd = fd
+        self.size = st.st_size
+        self.mtime = int(st.st_mtime)
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self.etag = b'"%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_size)
+        self.last_modified = http.http_date(st.st_mtime)
+        self.content_type = content_type(name)
+        self.direct = direct
+        self.checked = now
+        self.refs = 0
+        self.stale = False
+        self._date = b""
+        self._heads: tuple[bytes, bytes] = (b"", b"")
+
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"Content-Type", self.content_type),
+            (b"Last-Modified", self.last_modified),
+            (b"ETag", self.etag),
+            (b"Accept-Ranges", b"bytes"),
+        ]
+
+    def ok_head(self, date: bytes, keep_alive: bool) -> bytes:
+        """The whole-file 200 head, built once per second per file."""
+        if date is not self._date:
+            fields = [*self.fields(), (b"Content-Length", b"%d" % self.size)]
+            self._heads = (
+                http.build_head(200, date, False, fields),
+                http.build_head(200, date, True, fields),
+            )
+            self._date = date
+        return self._heads[keep_alive]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Redirect(Exception):
+    """The path names a directory: the client should add a slash."""
+
+
+class FileCache:
+    """Open files under one directory (the ``static`` or ``dynamic`` prefix)."""
+
+    def __init__(
+        self,
+        directory: str,
+        direct: bool,
+        max_entries: int = 1024,
+        valid: float = 1.0,
+        on_buffered: Callable[[str], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.direct = direct
+        self.max_entries = max_entries
+        self.valid = valid
+        self._entries: dict[bytes, Resource] = {}
+        self._on_buffered = on_buffered
+        try:
+            self._dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("%s is not servable (%s): its URLs will answer 404", directory, exc)
+            self._dir_fd = -1
+
+    def acquire(self, segments: list[bytes], now: float) -> Resource:
+        """The open file for these path segments; the caller must :meth:`release` it.
+
+        Raises ``HttpError`` 404/403 or :class:`Redirect`.
+        """
+        key = b"/".join(segments)
+        res = self._entries.get(key)
+        if res is not None and now - res.checked < self.valid:
+            res.refs += 1
+            return res
+        res = self._revalidate(key, segments, res, now)
+        res.refs += 1
+        return res
+
+    def release(self, res: Resource) -> None:
+        res.refs -= 1
+        if res.stale and res.refs == 0:
+            res.close()
+
+    def _revalidate(
+        self, key: bytes, segments: list[bytes], old: Resource | None, now: float
+    ) -> Resource:
+        if old is not None:
+            try:
+                st = os.stat(key or b".", dir_fd=self._dir_fd)
+            except OSError:
+                st = None
+            if st is not None and old.identity == (
+                st.st_dev,
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+            ):
+                old.checked = now
+                return old
+            self._drop(key, old)
+        res = self._open(key, segments, now)
+        if len(self._entries) >= self.max_entries:
+            oldest = next(iter(self._entries))
+            self._drop(oldest, self._entries[oldest])
+        self._entries[key] = res
+        return res
+
+    def _drop(self, key: bytes, res: Resource) -> None:
+        del self._entries[key]
+        res.stale = True
+        if res.refs == 0:
+            res.close()
+
+    def _open(self, key: bytes, segments: list[bytes], now: float) -> Resource:
+        if self._dir_fd < 0:
+            raise http.HttpError(404, "prefix directory missing")
+        for seg in segments:
+            if seg[:1] == b".":
+                raise http.HttpError(404, "hidden path segment")
+        name = segments[-1] if segments else b""
+        path = key
+        if name == b"":
+            name = b"index.html"
+            path = key + b"index.html"
+        try:
+            fd = aiobind.openat2(self._dir_fd, path, _OPEN_FLAGS, _RESOLVE)
+        except OSError as exc:
+            if exc.errno == errno.EACCES:
+                raise http.HttpError(403, "permission denied") from None
+            if exc.errno in _NOT_FOUND:
+                raise http.HttpError(404, os.strerror(exc.errno)) from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise Redirect()
+            if not stat.S_ISREG(st.st_mode):
+                raise http.HttpError(404, "not a regular file")
+            direct = False
+            if self.direct:
+                direct = aiobind.set_direct(fd)
+                if not direct and self._on_buffered is not None:
+                    self._on_buffered(self.directory)
+            return Resource(fd, st, name, direct, now)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        for key in list(self._entries):
+            self._drop(key, self._entries[key])
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    @property
+    def open_files(self) -> int:
+        return len(self._entries)

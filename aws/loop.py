@@ -1,0 +1,134 @@
+"""One epoll event loop: file descriptors to handlers, a ready queue, and timers.
+
+Level-triggered on purpose: a connection stopped by its per-turn byte budget while its
+socket is still writable is simply reported again on the next turn, so no transfer can
+stall waiting for an edge that never comes, and none can starve the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import select
+from collections import deque
+from collections.abc import Callable
+from itertools import count
+from time import monotonic
+from typing import Protocol
+
+log = logging.getLogger("aws.loop")
+
+EPOLLIN = select.EPOLLIN
+EPOLLOUT = select.EPOLLOUT
+EPOLLERR = select.EPOLLERR
+EPOLLHUP = select.EPOLLHUP
+
+
+class Handler(Protocol):
+    def on_event(self, events: int) -> None: ...
+
+    def on_error(self, exc: BaseException) -> None:
+        """The handler raised: it must release what it holds (the loop goes on)."""
+
+
+class Loop:
+    def __init__(self, max_events: int = 1024) -> None:
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Handler] = {}
+        self.ready: deque[Callable[[], None]] = deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = count()
+        self.max_events = max_events
+        self.now = monotonic()
+        self.running = False
+
+    # -- registration -------------------------------------------------------------------
+
+    def add(self, fd: int, mask: int, handler: Handler) -> None:
+        self.epoll.register(fd, mask)
+        self.handlers[fd] = handler
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.epoll.modify(fd, mask)
+
+    def forget(self, fd: int) -> None:
+        """Drop the handler of an fd that is about to be closed.
+
+        Closing the fd removes it from the epoll set, so no ``epoll_ctl`` is spent.
+        """
+        self.handlers.pop(fd, None)
+
+    def remove(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(fd)
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.ready.append(callback)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), callback))
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.call_at(monotonic() + delay, callback)
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            self.run_once()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _timeout(self) -> float:
+        if self.ready:
+            return 0.0
+        if self._timers:
+            return min(max(0.0, self._timers[0][0] - monotonic()), 1.0)
+        return 1.0
+
+    def run_once(self) -> None:
+        try:
+            events = self.epoll.poll(self._timeout(), self.max_events)
+        except InterruptedError:
+            events = []
+        self.now = monotonic()
+        handlers = self.handlers
+        for fd, mask in events:
+            handler = handlers.get(fd)
+            if handler is None:
+                continue
+            try:
+                handler.on_event(mask)
+            except Exception as exc:  # a worker never dies of one connection
+                self._handler_failed(handler, exc)
+        ready = self.ready
+        for _ in range(len(ready)):
+            callback = ready.popleft()
+            try:
+                callback()
+            except Exception:
+                log.exception("callback %r failed", callback)
+        timers = self._timers
+        now = self.now
+        while timers and timers[0][0] <= now:
+            callback = heapq.heappop(timers)[2]
+            try:
+                callback()
+            except Exception:
+                log.exception("timer %r failed", callback)
+
+    def _handler_failed(self, handler: Handler, exc: Exception) -> None:
+        log.error("handler %r failed: %r", handler, exc, exc_info=exc)
+        try:
+            handler.on_error(exc)
+        except Exception:
+            log.exception("cleanup of %r failed too", handler)
+
+    def close(self) -> None:
+        self.epoll.close()

@@ -1,0 +1,186 @@
+"""What one worker serves with: its loop, caches, AIO reader and connections.
+
+The listening socket is accepted from in batches; the connection table is swept a few
+times a second for deadlines (one pass over a bounded table instead of a timer object
+per connection, and nothing to cancel when a connection closes).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+from typing import TextIO
+
+from aws import http
+from aws.aio import AioReader
+from aws.config import Config
+from aws.connection import Connection
+from aws.files import FileCache
+from aws.loop import EPOLLIN, Loop
+
+log = logging.getLogger("aws.server")
+
+ACCEPT_BATCH = 64
+SWEEP_INTERVAL = 0.25
+ACCEPT_PAUSE = 0.1  # after EMFILE/ENFILE: stop polling the listener this long
+_PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Server:
+    def __init__(self, config: Config, loop: Loop, listener: socket.socket) -> None:
+        self.config = config
+        self.loop = loop
+        self.listener: socket.socket | None = listener
+        self.date = http.DateCache()
+        self.conns: set[Connection] = set()
+        self.draining = False
+        self.accept_paused = False
+        self.refused = 0
+        self._buffered_logged: set[str] = set()
+        root = os.path.abspath(config.root)
+        self.static = FileCache(
+            os.path.join(root, "static"),
+            direct=False,
+            max_entries=config.open_file_cache,
+            valid=config.open_file_valid,
+        )
+        self.dynamic = FileCache(
+            os.path.join(root, "dynamic"),
+            direct=True,
+            max_entries=config.open_file_cache,
+            valid=config.open_file_valid,
+            on_buffered=self._buffered_once,
+        )
+        self.caches = {b"static": self.static, b"dynamic": self.dynamic}
+        self.aio = AioReader(
+            loop, config.aio_maxevents, config.aio_chunk, keep_buffers=2 * config.aio_depth * 8
+        )
+        self.access_log: TextIO | None = None
+        if config.access_log == "-":
+            self.access_log = os.fdopen(os.dup(1), "w", buffering=1)
+        elif config.access_log:
+            self.access_log = open(config.access_log, "a", buffering=1)  # noqa: SIM115
+        listener.setblocking(False)
+        loop.add(listener.fileno(), EPOLLIN, self)
+        loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    # -- accepting -----------------------------------------------------------------------
+
+    def on_event(self, events: int) -> None:
+        listener = self.listener
+        if listener is None:
+            return
+        conns = self.conns
+        limit = self.config.max_connections
+        family = listener.family
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, peer = listener._accept()  # type: ignore[attr-defined]
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _PAUSE_ERRNOS:
+                    self._pause_accepting(exc)
+                    return
+                continue  # ECONNABORTED and friends: that client is gone, next
+            if len(conns) >= limit:
+                os.close(fd)
+                self.refused += 1
+                if self.refused & (self.refused - 1) == 0:  # log at powers of two
+                    log.warning(
+                        "connection limit %d reached: %d refused so far", limit, self.refused
+                    )
+                continue
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(False)
+            conn = Connection(self, sock, peer)
+            conns.add(conn)
+            self.loop.add(fd, EPOLLIN, conn)
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("accepting failed: %r", exc)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: a level-triggered listener would wake us forever, so stop
+        polling it for a moment and keep serving the connections we have."""
+        if self.accept_paused or self.listener is None:
+            return
+        log.warning("accept failed (%s): pausing accepts for %.1fs", exc.strerror, ACCEPT_PAUSE)
+        self.accept_paused = True
+        self.loop.modify(self.listener.fileno(), 0)
+        self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self.accept_paused = False
+        if self.listener is not None:
+            self.loop.modify(self.listener.fileno(), EPOLLIN)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        self.date.refresh()
+        now = self.loop.now
+        for conn in [c for c in self.conns if c.deadline is not None and c.deadline <= now]:
+            try:
+                conn.timed_out()
+            except Exception:
+                log.exception("timing out %r failed", conn)
+                conn.close()
+        self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def closed(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+        if self.draining and not self.conns:
+            self.loop.stop()
+
+    def _buffered_once(self, directory: str) -> None:
+        if directory not in self._buffered_logged:
+            self._buffered_logged.add(directory)
+            log.warning(
+                "%s: the file system refuses O_DIRECT; AIO reads there are buffered "
+                "(and io_submit may block)",
+                directory,
+            )
+
+    def log_access(self, conn: Connection) -> None:
+        assert self.access_log is not None
+        req = conn.req
+        line = "-"
+        if req is not None:
+            version = "1.1" if req.version == 11 else "1.0"
+            line = f"{req.method} {req.target.decode('latin-1')} HTTP/{version}"
+        peer = conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer
+        stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+        self.access_log.write(f'{peer} - - [{stamp}] "{line}" {conn.status} {conn.sent}\n')
+
+    # -- shutting down -------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop accepting, close idle connections, let transfers in flight finish."""
+        if self.draining:
+            return
+        self.draining = True
+        if self.listener is not None:
+            self.loop.remove(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
+        for conn in [c for c in self.conns if c.idle]:
+            conn.close()
+        if not self.conns:
+            self.loop.stop()
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            conn.close()
+        if self.listener is not None:
+            self.loop.remove(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
+        self.aio.close()
+        self.static.close()
+        self.dynamic.close()
+        if self.access_log is not None:
+            self.access_log.close()
