@@ -65,14 +65,6 @@ class Completion(NamedTuple):
         return self.result
 
 
-def _pin(buf: Any) -> tuple[Any, int]:
-    """Return (C pointer that keeps ``buf`` exported, its length)."""
-    if isinstance(buf, AlignedBuffer):
-        return buf.cdata, buf.size
-    cdata = ffi.from_buffer(buf, require_writable=True)
-    return cdata, len(cdata)
-
-
 def _fileno(obj: Any) -> int:
     if obj is None:
         return _NO_EVENTFD
@@ -116,10 +108,6 @@ class Context:
     @property
     def closed(self) -> bool:
         return self._ctx == ffi.NULL
-
-    def _check_open(self) -> None:
-        if self._ctx == ffi.NULL:
-            raise ValueError("AIO context is closed")
 
     def _take_slot(self) -> int:
         if not self._free:
