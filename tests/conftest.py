@@ -8,6 +8,7 @@ one mode.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -185,8 +186,19 @@ def start_server(
 ) -> ServerProcess:
     """Start the server on a free port (``--port 0``) and wait for its listening line."""
     cmd = [
-        sys.executable, "-m", "aws", "--host", "127.0.0.1", "--port", "0",
-        "--root", str(root), "--workers", str(workers), "--log-level", "info",
+        sys.executable,
+        "-m",
+        "aws",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--root",
+        str(root),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "info",
         *(extra or []),
     ]
     if env is None:
@@ -196,8 +208,13 @@ def start_server(
             env = shim_env(shim, stats_path)
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, preexec_fn=preexec,  # type: ignore[arg-type]
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=preexec,  # type: ignore[arg-type]
     )
     lines: list[str] = []
     ready = threading.Event()
@@ -235,10 +252,8 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture(scope="session")
