@@ -81,7 +81,11 @@ class AioReader:
 
     def on_event(self, events: int) -> None:
         self.efd.read()
-        # The eventfd count only says "something finished": drain the ring until empty.
+        self.reap_now()
+
+    def reap_now(self) -> None:
+        """Dispatch every completion in the ring (the eventfd count only says "something
+        finished"), then submit what waited for a slot."""
         while True:
             done = self.ctx.reap()
             if not done:
@@ -100,6 +104,8 @@ class AioReader:
             elif self._submit(chunk, chunk.body.fd):
                 backlog.popleft()
             else:
+                if self.ctx.in_flight == 0:  # no completion will come to retry: a timer will
+                    self.loop.call_later(0.01, self._drain_backlog)
                 break
 
     def _complete(self, chunk: Chunk, result: int) -> None:

@@ -106,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.aio_chunk,
         help="bytes per AIO read buffer (default %(default)s)",
     )
+    p.add_argument(
+        "--directio",
+        type=int,
+        default=d.directio,
+        metavar="BYTES",
+        help="read /dynamic/ files of at least BYTES with O_DIRECT, smaller ones through "
+        "the page cache (nginx's directio; 0: always O_DIRECT; default %(default)s)",
+    )
+    p.add_argument(
+        "--aio-maxevents",
+        type=_positive_int,
+        default=d.aio_maxevents,
+        help="AIO reads in flight per worker (io_setup size; default %(default)s)",
+    )
     return p
 
 
@@ -133,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         max_connections=args.max_connections,
         sendfile_chunk=args.sendfile_chunk,
         aio_chunk=args.aio_chunk,
+        directio=args.directio,
+        aio_maxevents=args.aio_maxevents,
     )
     cpus = sorted(os.sched_getaffinity(0))
     supervisor = Supervisor(config, cpus)

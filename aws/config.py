@@ -21,6 +21,7 @@ class Config:
     max_connections: int = 4096  # per worker; past it new connections are closed at once
     sendfile_chunk: int = 1 << 20  # bytes per connection per loop turn (nginx's sendfile_max_chunk)
     aio_chunk: int = 512 * 1024  # bytes per AIO buffer
+    directio: int = 64 * 1024  # /dynamic/ files this large or larger are read with O_DIRECT
     aio_depth: int = 2  # AIO buffers per dynamic transfer
     aio_maxevents: int = 256  # AIO reads in flight per worker
     open_file_cache: int = 1024  # open files kept per prefix per worker

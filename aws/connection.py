@@ -45,6 +45,9 @@ class State(enum.Enum):
     LINGER = "closing: draining what the client still sends"
     CLOSED = "closed"
 
+    # Members are singletons: hash by identity in C, not by name in Python (hot path).
+    __hash__ = object.__hash__
+
 
 S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
@@ -60,6 +63,13 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.CLOSED: frozenset(),
 }
 SENDING = frozenset({S.SEND_HEAD, S.SEND_FILE, S.SEND_BUFFER})
+
+
+# Parsing is a pure function of the head's bytes and clients repeat their heads (same
+# browser, same crawler, same load generator): remember the last few hundred results.
+# Requests are never mutated after parsing, so sharing one is safe.
+PARSE_MEMO_SIZE = 512
+_parsed: dict[bytes, http.Request] = {}
 
 
 class IllegalTransition(RuntimeError):
@@ -83,6 +93,7 @@ class Connection:
         "peer",
         "pending",
         "pos",
+        "registered",
         "req",
         "requests",
         "res",
@@ -101,7 +112,8 @@ class Connection:
         self.fd = sock.fileno()
         self.peer = peer
         self.state = S.READ_HEAD
-        self.mask = EPOLLIN
+        self.mask = 0
+        self.registered = False  # in the epoll set: only once it has to wait for something
         self.inbuf = b""
         self.scan = 0  # where to resume looking for the end of a partial head
         self.eof = False  # the client shut down its sending side
@@ -136,7 +148,18 @@ class Connection:
     def _want(self, mask: int) -> None:
         if mask != self.mask:
             self.mask = mask
-            self.server.loop.modify(self.fd, mask)
+            if self.registered:
+                self.server.loop.modify(self.fd, mask)
+            else:
+                self.registered = True
+                self.server.loop.add(self.fd, mask, self)
+
+    def start(self) -> None:
+        """Read at once: the request has often arrived with the handshake, and a
+        connection answered (and closed) right away never costs an epoll_ctl."""
+        self._on_readable()
+        if self.state is S.READ_HEAD or self.state is S.READ_BODY:
+            self._want(EPOLLIN)
 
     # -- timeouts ------------------------------------------------------------------------
 
@@ -271,11 +294,17 @@ class Connection:
             return False
         self.inbuf = buf[end:]
         self.scan = 0
-        try:
-            req = http.parse_head(buf[:end])
-        except http.HttpError as exc:
-            self._fail(exc, None)
-            return False
+        head = buf[:end]
+        req = _parsed.get(head)
+        if req is None:
+            try:
+                req = http.parse_head(head)
+            except http.HttpError as exc:
+                self._fail(exc, None)
+                return False
+            if len(_parsed) >= PARSE_MEMO_SIZE:
+                _parsed.clear()
+            _parsed[head] = req
         self.requests += 1
         length = req.content_length
         if length:
@@ -382,6 +411,10 @@ class Connection:
             self.out = head
             self._to(S.AIO_WAIT)
             self.body = DynamicBody(server.aio, self, res.fd, start, stop, server.config.aio_depth)
+            if not res.direct:
+                # A buffered read is done when io_submit returns: answer now, not a loop
+                # turn and an eventfd read later.
+                server.aio.reap_now()
 
     def _simple(self, status: int, body: bytes, fields: tuple[tuple[bytes, bytes], ...]) -> None:
         self.status = status
@@ -403,7 +436,7 @@ class Connection:
             self.keep_alive = req.keep_alive and not self.server.draining and not self.eof
         self.req = req
         self.status = exc.status
-        head_only = req is not None and req.method == "HEAD"
+        head_only = (req.method if req is not None else exc.method) == "HEAD"
         self._send_bytes(
             http.error_response(
                 exc.status, self.server.date.value, self.keep_alive, head_only, exc.headers
@@ -472,6 +505,7 @@ class Connection:
                 return
             if n == 0:
                 self.pos = pos
+                res.checked = float("-inf")  # the next request re-checks the file at once
                 self._abort("file shrank during the transfer")
                 return
             pos += n
@@ -500,6 +534,8 @@ class Connection:
             try:
                 view = body.view()
             except (OSError, FileChanged) as exc:
+                if self.res is not None:
+                    self.res.checked = float("-inf")  # the next request re-checks the file
                 self._abort(f"reading the file failed: {exc}")
                 return
             if view is None:

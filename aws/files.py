@@ -104,9 +104,13 @@ class FileCache:
         max_entries: int = 1024,
         valid: float = 1.0,
         on_buffered: Callable[[str], None] | None = None,
+        directio: int = 0,
     ) -> None:
         self.directory = directory
         self.direct = direct
+        # Like nginx's ``directio``: files smaller than this are read through the page
+        # cache, where a hot small file costs a copy instead of a trip to the device.
+        self.directio = directio
         self.max_entries = max_entries
         self.valid = valid
         self._entries: dict[bytes, Resource] = {}
@@ -141,7 +145,9 @@ class FileCache:
     ) -> Resource:
         if old is not None:
             try:
-                st = os.stat(key or b".", dir_fd=self._dir_fd)
+                # The path _open opened: a directory's index, not the directory.
+                path = key + b"index.html" if key[-1:] in (b"", b"/") else key
+                st = os.stat(path, dir_fd=self._dir_fd)
             except OSError:
                 st = None
             if st is not None and old.identity == (
@@ -171,8 +177,10 @@ class FileCache:
         if self._dir_fd < 0:
             raise http.HttpError(404, "prefix directory missing")
         for seg in segments:
-            if seg[:1] == b".":
-                raise http.HttpError(404, "hidden path segment")
+            # An encoded slash (%2F) would act as a separator inside openat2 and hide
+            # a ".name" component from this check (sub%2F..%2F.hidden): refuse it.
+            if seg[:1] == b"." or b"/" in seg:
+                raise http.HttpError(404, "hidden path segment or encoded slash")
         name = segments[-1] if segments else b""
         path = key
         if name == b"":
@@ -185,6 +193,8 @@ class FileCache:
                 raise http.HttpError(403, "permission denied") from None
             if exc.errno in _NOT_FOUND:
                 raise http.HttpError(404, os.strerror(exc.errno)) from None
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise http.HttpError(503, "out of file descriptors") from None
             raise
         try:
             st = os.fstat(fd)
@@ -193,7 +203,7 @@ class FileCache:
             if not stat.S_ISREG(st.st_mode):
                 raise http.HttpError(404, "not a regular file")
             direct = False
-            if self.direct:
+            if self.direct and st.st_size >= self.directio:
                 direct = aiobind.set_direct(fd)
                 if not direct and self._on_buffered is not None:
                     self._on_buffered(self.directory)

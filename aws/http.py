@@ -45,20 +45,37 @@ REASONS: dict[int, str] = {
 }
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_FIELD = re.compile(
-    rb"(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*"
-)
+# OWS field-value OWS (RFC 9112 5, RFC 9110 5.5) is exactly a run of SP, HTAB, VCHAR and
+# obs-text: no CTL, so no NUL, no bare CR or LF. The caller strips the OWS.
+_OWS_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
+_LINE = rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])"
+_REQUEST_LINE = re.compile(_LINE)
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):(" + _OWS_VALUE + rb")")
+# The whole head in one C-level match: the same grammar as _REQUEST_LINE and _FIELD
+# line by line, which only run (to say what is wrong) when this one fails.
+_HEAD = re.compile(_LINE + rb"\r\n((?:" + _TOKEN + rb":" + _OWS_VALUE + rb"\r\n)*)\r\n")
+# An origin-form path with nothing to decode or normalize (no "%", no dot segment, no
+# empty segment) and no fragment: split on "/" and done.
+_PLAIN_TARGET = re.compile(rb"((?:/[^/.%?#][^/%?#]*)+/?|/)(?:\?[^#]*)?")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_ABSOLUTE_FORM = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://[^/?#]*")
+_ABSOLUTE_FORM = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)")
+# RFC 9110 7.2 / RFC 3986 3.2.2: uri-host [ ":" port ], the host an IP-literal, an IPv4
+# address or a reg-name (which includes IPv4). Empty is allowed in Host (RFC 9112 3.2).
+_HOST_CHARS = rb"[0-9A-Za-z\-._~!$&'()*+,;=%]"
+_IP_LITERAL = rb"\[[0-9A-Za-z\-._~!$&'()*+,;=:]+\]"
+_HOST = re.compile(rb"(?:" + _IP_LITERAL + rb"|" + _HOST_CHARS + rb"*)(?::[0-9]*)?")
+_AUTHORITY = re.compile(rb"(?:" + _IP_LITERAL + rb"|" + _HOST_CHARS + rb"+)(?::[0-9]*)?")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
+# Host values already found valid: clients repeat theirs (a small, bounded set).
+_good_hosts: set[bytes] = set()
 
 
 class HttpError(Exception):
     """A request the server answers with an error status.
 
     ``close`` says the connection cannot be reused: after it, where the next request
-    starts is unknown (or the client is hostile), so we stop reading.
+    starts is unknown (or the client is hostile), so we stop reading. ``method`` is the
+    request's method when the request line could be read (a HEAD gets no error body).
     """
 
     def __init__(
@@ -67,23 +84,27 @@ class HttpError(Exception):
         detail: str,
         close: bool = False,
         headers: tuple[tuple[bytes, bytes], ...] = (),
+        method: str | None = None,
     ) -> None:
         super().__init__(f"{status} {REASONS.get(status, '')}: {detail}")
         self.status = status
         self.detail = detail
         self.close = close
         self.headers = headers
+        self.method = method
 
 
 class Request:
-    """A parsed request head. ``headers`` maps lower-case names to values."""
+    """A parsed request head. ``headers`` maps lower-case names to values.
+
+    Never mutated after parsing (parsed requests may be shared between connections).
+    """
 
     __slots__ = (
         "content_length",
         "headers",
         "keep_alive",
         "method",
-        "path",
         "segments",
         "target",
         "version",
@@ -102,36 +123,59 @@ class Request:
         self.target = target
         self.version = version  # 10 or 11
         self.headers = headers
-        # Decoded path segments; a trailing "/" leaves an empty last segment.
-        # None for the asterisk-form of OPTIONS.
+        # Decoded, dot-normalized path segments; a trailing "/" leaves an empty last
+        # segment. None for the asterisk-form of OPTIONS.
         self.segments = segments
-        self.path = b"/" + b"/".join(segments) if segments is not None else b"*"
         self.content_length = content_length
-        conn = headers.get(b"connection", b"").lower()
-        if version == 11:
-            self.keep_alive = b"close" not in conn
-        else:
-            self.keep_alive = b"keep-alive" in conn
+        conn = headers.get(b"connection")
+        if conn is None:
+            self.keep_alive = version == 11
+            return
+        conn = conn.lower()
+        if conn == b"close":
+            self.keep_alive = False
+        elif conn == b"keep-alive":
+            self.keep_alive = True
+        else:  # a list of options (RFC 9110 7.6.1)
+            options = {o.strip(b" \t") for o in conn.split(b",")}
+            self.keep_alive = b"close" not in options and (
+                version == 11 or b"keep-alive" in options
+            )
+
+    @property
+    def path(self) -> bytes:
+        """The decoded path ("*" for the asterisk-form)."""
+        segments = self.segments
+        return b"/" + b"/".join(segments) if segments is not None else b"*"
 
 
 def find_head_end(buf: bytes, start: int = 0) -> int:
     """Index just past the blank line that ends the head, or -1 if not there yet.
 
-    Raises 414/431 as soon as the buffered bytes prove a limit is exceeded.
+    Raises 414/431 as soon as the buffered bytes prove a limit is exceeded, and 400 as
+    soon as they hold a bare LF or CR (such a head would never end with CRLFCRLF).
     """
     end = buf.find(b"\r\n\r\n", start)
     if end >= 0:
         end += 4
         line_end = buf.find(b"\r\n", 0, end)
-        check_limits(buf[:end], line_end)
+        if line_end > MAX_REQUEST_LINE:
+            raise HttpError(414, "request line too long", close=True)
+        if end - line_end > MAX_HEADER_BYTES:
+            raise HttpError(431, "header section too large", close=True)
         return end
     check_limits(buf, buf.find(b"\r\n"))
+    crlf = buf.count(b"\r\n")
+    if buf.count(b"\n") != crlf or buf.count(b"\r") - (buf[-1:] == b"\r") != crlf:
+        raise HttpError(400, "bare LF or CR in the head", close=True)
     return -1
 
 
 def check_limits(head: bytes, line_end: int) -> None:
+    """414/431 for a (possibly partial) head whose first CRLF is at ``line_end``."""
     if line_end < 0:
-        if len(head) > MAX_REQUEST_LINE:
+        # No CRLF yet: the line is at least this long (less a CR that may be half a CRLF).
+        if len(head) - (head[-1:] == b"\r") > MAX_REQUEST_LINE:
             raise HttpError(414, "request line too long", close=True)
         return
     if line_end > MAX_REQUEST_LINE:
@@ -148,106 +192,204 @@ def skip_empty_lines(buf: bytes) -> bytes:
 
 
 def parse_head(head: bytes) -> Request:
-    """Parse a complete head (request line to blank line, CRLFs included)."""
+    """Parse a complete head (request line to blank line, CRLFs included).
+
+    Checks, in order: request-line syntax (400), version (505), number of fields (431),
+    field syntax (400), framing (400/501), Host (400), method (405/501), target (400).
+    """
+    m = _HEAD.fullmatch(head)
+    if m is None:
+        return _parse_slowly(head)
+    method_b, target, major, minor, block = m.groups()
+    try:
+        version = 11 if minor == b"1" and major == b"1" else _version(major, minor)
+        headers: dict[bytes, bytes] = {}
+        if block:
+            lines = block.split(b"\r\n")
+            lines.pop()  # after the last CRLF
+            if len(lines) > MAX_HEADER_FIELDS:
+                raise HttpError(431, "too many header fields", close=True)
+            for line in lines:
+                name, _, value = line.partition(b":")
+                name = name.lower()
+                value = value.strip(b" \t")
+                if name in headers:
+                    _repeat(headers, name, value)
+                else:
+                    headers[name] = value
+        return _request(method_b.decode("ascii"), target, version, headers)  # token: ASCII
+    except HttpError as exc:
+        exc.method = method_b.decode("ascii")
+        raise
+
+
+def _parse_slowly(head: bytes) -> Request:
+    """The same grammar line by line, to find what is wrong (or, in theory, nothing)."""
     lines = head[:-4].split(b"\r\n")
     m = _REQUEST_LINE.fullmatch(lines[0])
     if m is None:
         raise HttpError(400, "malformed request line", close=True)
     method_b, target, major, minor = m.groups()
-    if len(lines) - 1 > MAX_HEADER_FIELDS:
-        raise HttpError(431, "too many header fields", close=True)
-    headers = _parse_fields(lines)
-    if major != b"1" or minor not in (b"0", b"1"):
-        raise HttpError(505, f"HTTP/{major.decode()}.{minor.decode()}", close=True)
-    version = 11 if minor == b"1" else 10
-    content_length = _framing(headers)
-    if version == 11 and b"host" not in headers:
-        raise HttpError(400, "HTTP/1.1 request without Host", close=True)
-    method = method_b.decode("ascii")
-    segments = _parse_target(method, target)
-    req = Request(method, target, version, headers, segments, content_length)
+    try:
+        version = _version(major, minor)
+        if len(lines) - 1 > MAX_HEADER_FIELDS:
+            raise HttpError(431, "too many header fields", close=True)
+        headers: dict[bytes, bytes] = {}
+        fullmatch = _FIELD.fullmatch
+        for line in lines[1:]:
+            fm = fullmatch(line)
+            if fm is None:
+                raise HttpError(400, f"invalid header field {line[:40]!r}", close=True)
+            name = fm.group(1).lower()
+            value = fm.group(2).strip(b" \t")
+            if name in headers:
+                _repeat(headers, name, value)
+            else:
+                headers[name] = value
+        return _request(method_b.decode("ascii"), target, version, headers)
+    except HttpError as exc:
+        exc.method = method_b.decode("ascii")
+        raise
+
+
+def _version(major: bytes, minor: bytes) -> int:
+    # Only 1.0 and 1.1 are served: RFC 9112 2.3 would let us treat a future 1.x as 1.1,
+    # but a version nobody speaks is more likely a probe or a broken client, and 505
+    # says exactly what happened.
+    if major == b"1" and minor in (b"0", b"1"):
+        return 10 if minor == b"0" else 11
+    raise HttpError(505, f"HTTP/{major.decode()}.{minor.decode()}", close=True)
+
+
+def _repeat(headers: dict[bytes, bytes], name: bytes, value: bytes) -> None:
+    """A field line whose name was already seen: combine, or refuse (RFC 9110 5.3)."""
+    if name == b"host":
+        raise HttpError(400, "more than one Host", close=True)
+    old = headers[name]
+    if name == b"content-length":
+        if old != value:
+            raise HttpError(400, "conflicting Content-Length", close=True)
+        return
+    headers[name] = old + b", " + value
+
+
+def _request(method: str, target: bytes, version: int, headers: dict[bytes, bytes]) -> Request:
+    if b"content-length" in headers or b"transfer-encoding" in headers:
+        content_length = _framing(headers, version)
+    else:
+        content_length = 0
+    host = headers.get(b"host")
+    if host is None:
+        if version == 11:
+            raise HttpError(400, "HTTP/1.1 request without Host", close=True)
+    elif host not in _good_hosts:
+        if _HOST.fullmatch(host) is None:
+            raise HttpError(400, "invalid Host", close=True)
+        if len(_good_hosts) >= 64:
+            _good_hosts.clear()
+        _good_hosts.add(host)
     if method not in SERVED_METHODS and method != "OPTIONS":
+        # Framing is known, but the connection will not wait for a body it refuses.
+        close = content_length != 0
         if method in KNOWN_METHODS:
-            raise HttpError(405, f"method {method}", headers=((b"Allow", ALLOW),))
-        raise HttpError(501, f"method {method}")
-    return req
+            raise HttpError(405, f"method {method}", close, ((b"Allow", ALLOW),))
+        raise HttpError(501, f"method {method}", close)
+    m = _PLAIN_TARGET.fullmatch(target)
+    if m is not None:
+        segments: list[bytes] | None = m.group(1)[1:].split(b"/")
+    else:
+        segments = _parse_target(method, target)
+    return Request(method, target, version, headers, segments, content_length)
 
 
-def _parse_fields(lines: list[bytes]) -> dict[bytes, bytes]:
-    headers: dict[bytes, bytes] = {}
-    fullmatch = _FIELD.fullmatch
-    for line in lines[1:]:
-        m = fullmatch(line)
-        if m is None:
-            raise HttpError(400, f"invalid header field {line[:40]!r}", close=True)
-        name = m.group(1).lower()
-        value = m.group(2)
-        old = headers.get(name)
-        if old is None:
-            headers[name] = value
-        elif name == b"host":
-            raise HttpError(400, "more than one Host", close=True)
-        elif name == b"content-length":
-            if old != value:
-                raise HttpError(400, "conflicting Content-Length", close=True)
-        else:
-            headers[name] = old + b", " + value
-    return headers
-
-
-def _framing(headers: dict[bytes, bytes]) -> int:
+def _framing(headers: dict[bytes, bytes], version: int) -> int:
     """Length of the request body; refuses anything whose framing is ambiguous."""
     cl = headers.get(b"content-length")
-    if b"transfer-encoding" in headers:
+    te = headers.get(b"transfer-encoding")
+    if te is not None:
+        # RFC 9112 6.1 and 6.3: all of these leave the body length in doubt, or we
+        # cannot decode it, so the connection cannot go on after the answer.
         if cl is not None:
             raise HttpError(400, "both Content-Length and Transfer-Encoding", close=True)
+        if version == 10:
+            raise HttpError(400, "Transfer-Encoding in HTTP/1.0", close=True)
+        if te.rsplit(b",", 1)[-1].strip(b" \t").lower() != b"chunked":
+            raise HttpError(400, "chunked is not the final transfer coding", close=True)
         raise HttpError(501, "request bodies with Transfer-Encoding", close=True)
     if cl is None:
         return 0
-    values = {v.strip() for v in cl.split(b",")}
+    if _CONTENT_LENGTH.fullmatch(cl) is not None:
+        return int(cl)
+    values = {v.strip(b" \t") for v in cl.split(b",")}  # "5, 5" is one length
     if len(values) != 1:
         raise HttpError(400, "conflicting Content-Length", close=True)
     value = values.pop()
-    if not _CONTENT_LENGTH.fullmatch(value):
+    if _CONTENT_LENGTH.fullmatch(value) is None:
         raise HttpError(400, "invalid Content-Length", close=True)
     return int(value)
 
 
 def _parse_target(method: str, target: bytes) -> list[bytes] | None:
+    """Segments of any target form (the plain origin-form is handled inline)."""
+    m = _PLAIN_TARGET.fullmatch(target)
+    if m is not None:
+        return m.group(1)[1:].split(b"/")
     if target[:1] != b"/":
-        if target == b"*" and method == "OPTIONS":
-            return None
+        if target == b"*":
+            if method == "OPTIONS":
+                return None
+            raise HttpError(400, "asterisk-form is for OPTIONS only")
+        # RFC 9112 3.2.2: a server MUST accept the absolute-form. Its authority wins
+        # over Host, and we serve every host name alike: only its syntax matters.
         m = _ABSOLUTE_FORM.match(target)
-        if m is None or method not in SERVED_METHODS:
+        if m is None:
             raise HttpError(400, "unsupported request-target form")
-        target = target[m.end() :] or b"/"
+        if _AUTHORITY.fullmatch(m.group(1)) is None:
+            # Includes userinfo ("user@host"), refused as RFC 9110 4.2.4 advises.
+            raise HttpError(400, "invalid authority in absolute-form")
+        target = target[m.end() :]
         if target[:1] != b"/":
+            if not target and method == "OPTIONS":
+                return None  # RFC 9112 3.2.4: an empty path with OPTIONS means "*"
             target = b"/" + target
     if b"#" in target:
         raise HttpError(400, "fragment in request-target")
-    path = target.split(b"?", 1)[0]
-    return decode_path(path)
+    return decode_path(target.partition(b"?")[0])
 
 
 def decode_path(path: bytes) -> list[bytes]:
-    """Split on "/" first, then percent-decode each segment exactly once.
+    """Split on "/" first, then percent-decode each segment exactly once, then remove
+    dot segments (RFC 3986 5.2.4; "." and ".." count encoded or not).
 
-    So ``%2F`` stays inside its segment (never a separator), and NUL is refused before
-    it can reach the file system. Empty segments (``//``) are dropped; a trailing slash
-    leaves one empty last segment.
+    An encoded slash (%2F) or NUL is refused (400): neither can name a file, and a
+    decoded "/" must never act as a separator. Empty segments (``//``) are dropped; a
+    trailing slash (or a trailing dot segment) leaves one empty last segment. A ".."
+    above the root is refused (400), as nginx does.
     """
+    raw = path.split(b"/")
     if b"%" in path:
         if _BAD_PERCENT.search(path):
             raise HttpError(400, "invalid percent-encoding")
-        raw = path.split(b"/")
-        segments = [unquote_to_bytes(s) for s in raw]
-        if any(b"\0" in s for s in segments):
-            raise HttpError(400, "NUL in path")
-    else:
-        segments = path.split(b"/")
-    trailing = len(segments) > 1 and segments[-1] == b""
-    kept = [s for s in segments if s]
-    if trailing:
+        raw = [unquote_to_bytes(s) if b"%" in s else s for s in raw]
+        for seg in raw:
+            if b"/" in seg:
+                raise HttpError(400, "encoded slash in path")
+            if b"\0" in seg:
+                raise HttpError(400, "NUL in path")
+    kept: list[bytes] = []
+    trailing = False
+    for seg in raw[1:] if raw[0] == b"" else raw:
+        if not seg or seg == b".":
+            trailing = True
+        elif seg == b"..":
+            if not kept:
+                raise HttpError(400, "path goes above the root")
+            kept.pop()
+            trailing = True
+        else:
+            kept.append(seg)
+            trailing = False
+    if trailing or not kept:
         kept.append(b"")
     return kept
 

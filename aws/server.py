@@ -39,6 +39,7 @@ class Server:
         self.draining = False
         self.accept_paused = False
         self.refused = 0
+        self.pauses = 0
         self._buffered_logged: set[str] = set()
         root = os.path.abspath(config.root)
         self.static = FileCache(
@@ -53,6 +54,7 @@ class Server:
             max_entries=config.open_file_cache,
             valid=config.open_file_valid,
             on_buffered=self._buffered_once,
+            directio=config.directio,
         )
         self.caches = {b"static": self.static, b"dynamic": self.dynamic}
         self.aio = AioReader(
@@ -98,7 +100,11 @@ class Server:
             sock.setblocking(False)
             conn = Connection(self, sock, peer)
             conns.add(conn)
-            self.loop.add(fd, EPOLLIN, conn)
+            try:
+                conn.start()
+            except Exception:
+                log.exception("%r failed", conn)
+                conn.close()
 
     def on_error(self, exc: BaseException) -> None:
         log.error("accepting failed: %r", exc)
@@ -108,7 +114,14 @@ class Server:
         polling it for a moment and keep serving the connections we have."""
         if self.accept_paused or self.listener is None:
             return
-        log.warning("accept failed (%s): pausing accepts for %.1fs", exc.strerror, ACCEPT_PAUSE)
+        self.pauses += 1
+        if self.pauses & (self.pauses - 1) == 0:  # log at powers of two, not 10 times a second
+            log.warning(
+                "accept failed (%s): pausing accepts for %.1fs (%d pauses so far)",
+                exc.strerror,
+                ACCEPT_PAUSE,
+                self.pauses,
+            )
         self.accept_paused = True
         self.loop.modify(self.listener.fileno(), 0)
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)

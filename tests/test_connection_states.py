@@ -18,7 +18,7 @@ import pytest
 
 from aws.config import Config
 from aws.connection import SENDING, TRANSITIONS, Connection, IllegalTransition, State
-from aws.loop import EPOLLIN, Loop
+from aws.loop import Loop
 from aws.server import Server
 from tests.conftest import DocRoot, file_name
 
@@ -151,7 +151,7 @@ class Harness:
         self.client = theirs
         self.conn = RecordingConnection(self.server, ours, "socketpair")
         self.server.conns.add(self.conn)
-        self.loop.add(ours.fileno(), EPOLLIN, self.conn)
+        self.conn.start()
         self.received = bytearray()
         self.client_eof = False
 
