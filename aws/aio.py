@@ -52,6 +52,7 @@ class AioReader:
         self.loop = loop
         self.ctx = aiobind.Context(maxevents)
         self.efd = aiobind.EventFD()
+        self.efd_fd = self.efd.fileno()
         self.pool = aiobind.BufferPool(chunk_size, keep_buffers)
         self.chunk_size = self.pool.size
         # Chunks refused for lack of context slots (io_submit's EAGAIN): sent when
@@ -69,7 +70,7 @@ class AioReader:
     def _submit(self, chunk: Chunk, fd: int) -> bool:
         """False when the context has no room (EAGAIN): the caller queues the chunk."""
         try:
-            self.ctx.submit_read(fd, chunk.buf, chunk.offset, chunk, chunk.length, self.efd)
+            self.ctx.submit_read(fd, chunk.buf, chunk.offset, chunk, chunk.length, self.efd_fd)
         except OSError as exc:
             if exc.errno == errno.EAGAIN:
                 return False

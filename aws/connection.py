@@ -222,9 +222,13 @@ class Connection:
             return b""
 
     def _on_readable(self) -> None:
-        data = self._recv()
-        if data is None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
             return
+        except OSError as exc:
+            log.debug("%s: recv failed: %s", self.peer, exc)
+            data = b""
         if not data:
             if self.inbuf or self.state is S.READ_BODY:
                 log.debug("%s: closed with an incomplete request", self.peer)
@@ -237,7 +241,7 @@ class Connection:
             self.inbuf += data
         else:
             if self.requests:  # the first byte of the next request starts its clock
-                self._set_deadline(self.server.loop.now + self.server.config.header_timeout)
+                self.deadline = self.server.loop.now + self.server.config.header_timeout
             self.inbuf = data
         self._process()
 
@@ -284,11 +288,15 @@ class Connection:
             if self.eof:
                 self.close()
             return False
-        try:
-            end = http.find_head_end(buf, self.scan)
-        except http.HttpError as exc:
-            self._fail(exc, None)
-            return False
+        end = buf.find(b"\r\n\r\n", self.scan)
+        if 0 <= end < http.MAX_REQUEST_LINE:
+            end += 4  # a head this short is within every limit
+        else:
+            try:
+                end = http.find_head_end(buf, self.scan)
+            except http.HttpError as exc:
+                self._fail(exc, None)
+                return False
         if end < 0:
             self.scan = max(0, len(buf) - 3)
             return False
@@ -343,14 +351,14 @@ class Connection:
         if segments is None or req.method == "OPTIONS":
             self._simple(200, b"", ((b"Allow", http.ALLOW), (b"Content-Length", b"0")))
             return
-        cache = server.caches.get(segments[0]) if segments else None
+        cache = server.caches.get(req.prefix)
         if cache is None:
             self._fail(http.HttpError(404, "outside /static/ and /dynamic/"), req)
             return
         try:
             if len(segments) == 1:
                 raise Redirect()
-            res = cache.acquire(segments[1:], server.loop.now)
+            res = cache.acquire(segments[1:], server.loop.now, req.key)
         except http.HttpError as exc:
             self._fail(exc, req)
             return
@@ -358,9 +366,14 @@ class Connection:
             location = quote_from_bytes(req.path + b"/").encode()
             self._simple(301, b"", ((b"Location", location), (b"Content-Length", b"0")))
             return
+        date = server.date.value
+        if not req.conditional:
+            self._respond_with(
+                req, res, cache, 200, res.ok_head(date, self.keep_alive), 0, res.size
+            )
+            return
         decision = evaluate(req, res)
         status = decision.status
-        date = server.date.value
         if status == 200:
             head = res.ok_head(date, self.keep_alive)
         elif status == 206:
@@ -392,8 +405,20 @@ class Connection:
                 http.error_response(status, date, self.keep_alive, req.method == "HEAD", extra)
             )
             return
+        self._respond_with(req, res, cache, status, head, decision.start, decision.end)
+
+    def _respond_with(
+        self,
+        req: http.Request,
+        res: Resource,
+        cache: FileCache,
+        status: int,
+        head: bytes,
+        start: int,
+        stop: int,
+    ) -> None:
+        server = self.server
         self.status = status
-        start, stop = decision.start, decision.end
         if req.method == "HEAD" or status == 304 or start == stop:
             cache.release(res)
             self._send_bytes(head)

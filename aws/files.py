@@ -121,12 +121,14 @@ class FileCache:
             log.warning("%s is not servable (%s): its URLs will answer 404", directory, exc)
             self._dir_fd = -1
 
-    def acquire(self, segments: list[bytes], now: float) -> Resource:
+    def acquire(self, segments: list[bytes], now: float, key: bytes | None = None) -> Resource:
         """The open file for these path segments; the caller must :meth:`release` it.
 
-        Raises ``HttpError`` 404/403 or :class:`Redirect`.
+        ``key`` is ``b"/".join(segments)`` when the caller has it already. Raises
+        ``HttpError`` 404/403 or :class:`Redirect`.
         """
-        key = b"/".join(segments)
+        if key is None:
+            key = b"/".join(segments)
         res = self._entries.get(key)
         if res is not None and now - res.checked < self.valid:
             res.refs += 1

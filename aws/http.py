@@ -70,6 +70,18 @@ _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
 _good_hosts: set[bytes] = set()
 
 
+_CONDITIONAL_FIELDS = frozenset(
+    {
+        b"range",
+        b"if-range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+    }
+)
+
+
 class HttpError(Exception):
     """A request the server answers with an error status.
 
@@ -101,10 +113,13 @@ class Request:
     """
 
     __slots__ = (
+        "conditional",
         "content_length",
         "headers",
         "keep_alive",
+        "key",
         "method",
+        "prefix",
         "segments",
         "target",
         "version",
@@ -126,6 +141,12 @@ class Request:
         # Decoded, dot-normalized path segments; a trailing "/" leaves an empty last
         # segment. None for the asterisk-form of OPTIONS.
         self.segments = segments
+        # Worked out once here (parsed requests are memoized) rather than per response:
+        # the first segment, the rest as one open-file-cache key, and whether any header
+        # can change the answer from a plain 200.
+        self.prefix = segments[0] if segments else None
+        self.key = b"/".join(segments[1:]) if segments else b""
+        self.conditional = not _CONDITIONAL_FIELDS.isdisjoint(headers)
         self.content_length = content_length
         conn = headers.get(b"connection")
         if conn is None:
