@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes per AIO read buffer (default %(default)s)",
     )
     p.add_argument(
+        "--aio-depth",
+        type=_positive_int,
+        default=d.aio_depth,
+        help="AIO buffers per /dynamic/ transfer: reads kept ahead of the socket "
+        "(default %(default)s)",
+    )
+    p.add_argument(
         "--directio",
         type=int,
         default=d.directio,
@@ -148,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         sendfile_chunk=args.sendfile_chunk,
         aio_chunk=args.aio_chunk,
         directio=args.directio,
+        aio_depth=args.aio_depth,
         aio_maxevents=args.aio_maxevents,
     )
     cpus = sorted(os.sched_getaffinity(0))

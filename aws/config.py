@@ -20,7 +20,7 @@ class Config:
     # Limits.
     max_connections: int = 4096  # per worker; past it new connections are closed at once
     sendfile_chunk: int = 1 << 20  # bytes per connection per loop turn (nginx's sendfile_max_chunk)
-    aio_chunk: int = 512 * 1024  # bytes per AIO buffer
+    aio_chunk: int = 1024 * 1024  # bytes per AIO buffer (1 MiB: measured best on 64 MiB files)
     directio: int = 64 * 1024  # /dynamic/ files this large or larger are read with O_DIRECT
     aio_depth: int = 2  # AIO buffers per dynamic transfer
     aio_maxevents: int = 256  # AIO reads in flight per worker

@@ -31,6 +31,7 @@ RECV_SIZE = 64 * 1024
 READ_AHEAD_LIMIT = 64 * 1024  # pipelined bytes buffered while a response is in progress
 MAX_PIPELINED_PER_TURN = 32  # then yield to the other connections of the loop
 LINGER_TIMEOUT = 2.0
+CORK_ABOVE = 256 * 1024  # static bodies this long are sent corked
 MSG_MORE = socket.MSG_MORE
 
 
@@ -81,6 +82,7 @@ class Connection:
         "body",
         "body_cache",
         "busy",
+        "corked",
         "deadline",
         "discard",
         "eof",
@@ -131,6 +133,7 @@ class Connection:
         self.stop = 0
         self.status = 0
         self.sent = 0
+        self.corked = False
         self.linger = False  # the client may still be sending: close gently
         # Checked by the worker's periodic sweep (no timer object per connection).
         self.deadline: float | None = server.loop.now + server.config.header_timeout
@@ -429,6 +432,12 @@ class Connection:
         self.stop = stop
         self.sent = 0
         if cache is server.static:
+            if stop - start >= CORK_ABOVE:
+                # A long transfer: only full segments until the end (nginx's tcp_nopush),
+                # instead of a short one at the end of every sendfile call.
+                with contextlib.suppress(OSError):  # not TCP (a unix socket): no cork
+                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                    self.corked = True
             self.out = head
             self._to(S.SEND_HEAD)
             self._send_head()
@@ -606,6 +615,10 @@ class Connection:
 
     def _finish(self) -> None:
         self._to(S.DONE)
+        if self.corked:
+            self.corked = False
+            with contextlib.suppress(OSError):  # push the last partial segment now
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         self._release_body()
         server = self.server
         if server.access_log is not None:

@@ -58,7 +58,7 @@ class Server:
         )
         self.caches = {b"static": self.static, b"dynamic": self.dynamic}
         self.aio = AioReader(
-            loop, config.aio_maxevents, config.aio_chunk, keep_buffers=2 * config.aio_depth * 8
+            loop, config.aio_maxevents, config.aio_chunk, keep_buffers=4 * config.aio_depth
         )
         self.access_log: TextIO | None = None
         if config.access_log == "-":
