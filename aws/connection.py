@@ -70,6 +70,7 @@ SENDING = frozenset({S.SEND_HEAD, S.SEND_FILE, S.SEND_BUFFER})
 # browser, same crawler, same load generator): remember the last few hundred results.
 # Requests are never mutated after parsing, so sharing one is safe.
 PARSE_MEMO_SIZE = 512
+PARSE_MEMO_HEAD = 2048  # longer heads are rare and would make the memo large
 _parsed: dict[bytes, http.Request] = {}
 
 
@@ -313,9 +314,10 @@ class Connection:
             except http.HttpError as exc:
                 self._fail(exc, None)
                 return False
-            if len(_parsed) >= PARSE_MEMO_SIZE:
-                _parsed.clear()
-            _parsed[head] = req
+            if len(head) <= PARSE_MEMO_HEAD:
+                if len(_parsed) >= PARSE_MEMO_SIZE:
+                    _parsed.clear()
+                _parsed[head] = req
         self.requests += 1
         length = req.content_length
         if length:
