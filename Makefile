@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8888
 
-.PHONY: run test bench bench-aio lint sysdeps sysdeps-test sysdeps-bench clean
+.PHONY: run test bench bench-aio soak lint sysdeps sysdeps-test sysdeps-bench clean
 
 # Debian packages: libaio's headers and a C compiler to build aiobind (and the test shim).
 sysdeps:
@@ -40,6 +40,9 @@ bench: sysdeps-bench $(STAMP)
 bench-aio: sysdeps $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/aio_bench.py
+
+soak: sysdeps $(STAMP)
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info aiobind/_native.* .pytest_cache

@@ -25,5 +25,5 @@ class Config:
     aio_depth: int = 2  # AIO buffers per dynamic transfer
     aio_maxevents: int = 256  # AIO reads in flight per worker
     open_file_cache: int = 1024  # open files kept per prefix per worker
-    open_file_valid: float = 1.0  # seconds between re-checks of a cached file
+    open_file_valid: float = 0.5  # seconds between re-checks: a replaced file shows within it
     backlog: int = 1024
