@@ -7,6 +7,7 @@ kernel for reading and to ``socket.send`` as a ``memoryview``, with no copy.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from typing import Any
 
@@ -72,7 +73,9 @@ class BufferPool:
         self.outstanding -= 1
         if len(self._idle) < self.keep:
             self._idle.append(buf)
-        else:
+            return
+        # If a view of it is still alive, the memory goes with its last reference.
+        with contextlib.suppress(BufferError):
             buf.close()
 
     @property

@@ -92,7 +92,11 @@ class AioReader:
             if not done:
                 break
             for completion in done:
-                self._complete(completion.token, completion.result)  # type: ignore[arg-type]
+                try:
+                    self._complete(completion.token, completion.result)  # type: ignore[arg-type]
+                except Exception:
+                    # One connection's failure must not strand the other completions.
+                    log.exception("handling the completion of %r failed", completion.token)
         self._drain_backlog()
 
     def _drain_backlog(self) -> None:

@@ -81,7 +81,6 @@ class IllegalTransition(RuntimeError):
 class Connection:
     __slots__ = (
         "body",
-        "body_cache",
         "busy",
         "corked",
         "deadline",
@@ -128,7 +127,6 @@ class Connection:
         self.keep_alive = True
         self.out = b""  # head (or whole small response) bytes not yet sent
         self.res: Resource | None = None
-        self.body_cache: FileCache | None = None
         self.body: DynamicBody | None = None
         self.pos = 0
         self.stop = 0
@@ -272,7 +270,13 @@ class Connection:
         self.busy = True
         try:
             for _ in range(MAX_PIPELINED_PER_TURN):
-                if self.state is not S.READ_HEAD or not self._next_request():
+                if self.state is not S.READ_HEAD:
+                    return
+                if not self.inbuf:
+                    if self.eof:
+                        self.close()
+                    return
+                if not self._next_request():
                     return
             if self.state is S.READ_HEAD and self.inbuf:
                 self.server.loop.call_soon(self._resume)
@@ -429,7 +433,6 @@ class Connection:
             self._send_bytes(head)
             return
         self.res = res
-        self.body_cache = cache
         self.pos = start
         self.stop = stop
         self.sent = 0
@@ -583,9 +586,12 @@ class Connection:
             try:
                 n = sock.sendmsg([out, view]) if out else sock.send(view)
             except BlockingIOError:
+                view.release()
                 self._block()
                 return
             except OSError as exc:
+                # The buffers go back to the pool now: no view of them may outlive that.
+                view.release()
                 self._abort(f"send failed: {exc}")
                 return
             if out:
@@ -607,10 +613,10 @@ class Connection:
     # -- ending a response ---------------------------------------------------------------
 
     def _release_body(self) -> None:
-        if self.res is not None:
-            assert self.body_cache is not None
-            self.body_cache.release(self.res)
+        res = self.res
+        if res is not None:
             self.res = None
+            res.release()
         if self.body is not None:
             self.body.close()
             self.body = None
@@ -633,8 +639,9 @@ class Connection:
             return
         self._to(S.READ_HEAD)
         self.req = None
-        self._want(EPOLLIN)
-        self._set_deadline(server.loop.now + server.config.keepalive_timeout)
+        if self.mask != EPOLLIN:
+            self._want(EPOLLIN)
+        self.deadline = server.loop.now + server.config.keepalive_timeout
         if self.inbuf:
             self._process()
 

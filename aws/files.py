@@ -84,6 +84,12 @@ class Resource:
             self._date = date
         return self._heads[keep_alive]
 
+    def release(self) -> None:
+        """One user fewer; a file dropped from the cache closes with its last user."""
+        self.refs -= 1
+        if self.stale and not self.refs:
+            self.close()
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -138,9 +144,7 @@ class FileCache:
         return res
 
     def release(self, res: Resource) -> None:
-        res.refs -= 1
-        if res.stale and res.refs == 0:
-            res.close()
+        res.release()
 
     def _revalidate(
         self, key: bytes, segments: list[bytes], old: Resource | None, now: float
