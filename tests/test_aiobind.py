@@ -687,7 +687,7 @@ def test_openat2_beneath_accepts_in_tree_paths(tree: tuple[int, Path]) -> None:
 def test_pool_release_with_a_live_view_does_not_raise() -> None:
     # A connection torn down mid-send may still hold a slice of its buffer in a frame:
     # giving the buffer back must not fail (the mapping goes with the last view).
-    pool = aiobind.BufferPool(4096, keep=0)
+    pool = BufferPool(4096, keep=0)
     buf = pool.acquire()
     view = buf.view[10:20]
     pool.release(buf)
