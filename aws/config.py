@@ -22,7 +22,7 @@ class Config:
     sendfile_chunk: int = 1 << 20  # bytes per connection per loop turn (nginx's sendfile_max_chunk)
     aio_chunk: int = 1024 * 1024  # bytes per AIO buffer (1 MiB: measured best on 64 MiB files)
     directio: int = 64 * 1024  # /dynamic/ files this large or larger are read with O_DIRECT
-    aio_depth: int = 2  # AIO buffers per dynamic transfer
+    aio_depth: int = 3  # AIO buffers per dynamic transfer (reads kept ahead of the socket)
     aio_maxevents: int = 256  # AIO reads in flight per worker
     open_file_cache: int = 1024  # open files kept per prefix per worker
     open_file_valid: float = 0.5  # seconds between re-checks: a replaced file shows within it

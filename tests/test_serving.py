@@ -587,6 +587,7 @@ def test_memory_bar_16_clients_256mib(docroot: DocRoot, tmp_path: Path) -> None:
         peak = max(_vm_kib(worker, "VmHWM"), sampled[0])
         assert results == [(200, MEM_FILE, want)] * MEM_CLIENTS
         assert sampled[0] > before  # the sampler saw the worker at work
+        print(f"worker peak RSS {peak} KiB (before: {before} KiB)")
         assert peak < MEM_LIMIT_KIB, f"worker peak RSS {peak} KiB (before: {before} KiB)"
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
