@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import socket
 import time
 from typing import TextIO
@@ -42,16 +43,21 @@ class Server:
         self.pauses = 0
         self._buffered_logged: set[str] = set()
         root = os.path.abspath(config.root)
+        # Cached descriptors must not crowd out connections: each prefix may keep at
+        # most an eighth of this process's descriptor limit open.
+        cached = max(
+            1, min(config.open_file_cache, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
+        )
         self.static = FileCache(
             os.path.join(root, "static"),
             direct=False,
-            max_entries=config.open_file_cache,
+            max_entries=cached,
             valid=config.open_file_valid,
         )
         self.dynamic = FileCache(
             os.path.join(root, "dynamic"),
             direct=True,
-            max_entries=config.open_file_cache,
+            max_entries=cached,
             valid=config.open_file_valid,
             on_buffered=self._buffered_once,
             directio=config.directio,
