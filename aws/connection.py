@@ -165,9 +165,6 @@ class Connection:
 
     # -- timeouts ------------------------------------------------------------------------
 
-    def _set_deadline(self, when: float | None) -> None:
-        self.deadline = when
-
     def timed_out(self) -> None:
         """Called by the worker's sweep once ``deadline`` has passed."""
         state = self.state
@@ -502,7 +499,7 @@ class Connection:
     def _block(self) -> None:
         """The socket is full: wait for EPOLLOUT, and for at most send_timeout."""
         self._want(EPOLLOUT)
-        self._set_deadline(self.server.loop.now + self.server.config.send_timeout)
+        self.deadline = self.server.loop.now + self.server.config.send_timeout
 
     def _send_head(self) -> None:
         out = self.out
@@ -656,7 +653,7 @@ class Connection:
             self.close()
             return
         self._want(EPOLLIN)
-        self._set_deadline(self.server.loop.now + LINGER_TIMEOUT)
+        self.deadline = self.server.loop.now + LINGER_TIMEOUT
 
     def _linger(self) -> None:
         for _ in range(4):
