@@ -405,7 +405,7 @@ class Connection:
             )
         else:
             extra = ((b"Content-Range", b"bytes */%d" % res.size),) if status == 416 else ()
-            cache.release(res)
+            res.release()
             self.status = status
             self._send_bytes(
                 http.error_response(status, date, self.keep_alive, req.method == "HEAD", extra)
@@ -426,7 +426,7 @@ class Connection:
         server = self.server
         self.status = status
         if req.method == "HEAD" or status == 304 or start == stop:
-            cache.release(res)
+            res.release()
             self._send_bytes(head)
             return
         self.res = res

@@ -128,7 +128,7 @@ class FileCache:
             self._dir_fd = -1
 
     def acquire(self, segments: list[bytes], now: float, key: bytes | None = None) -> Resource:
-        """The open file for these path segments; the caller must :meth:`release` it.
+        """The open file for these path segments; the caller must call its ``release()``.
 
         ``key`` is ``b"/".join(segments)`` when the caller has it already. Raises
         ``HttpError`` 404/403 or :class:`Redirect`.
@@ -142,9 +142,6 @@ class FileCache:
         res = self._revalidate(key, segments, res, now)
         res.refs += 1
         return res
-
-    def release(self, res: Resource) -> None:
-        res.release()
 
     def _revalidate(
         self, key: bytes, segments: list[bytes], old: Resource | None, now: float
@@ -224,7 +221,3 @@ class FileCache:
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
-
-    @property
-    def open_files(self) -> int:
-        return len(self._entries)
