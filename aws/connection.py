@@ -50,20 +50,32 @@ class State(enum.Enum):
     __hash__ = object.__hash__
 
 
-S = State
+# Module-level names for the members: on Python 3.11 ``State.X`` costs ~150 ns (the
+# enum metaclass's lookup) where a global costs ~25 ns, and the hot path reads them often.
+(READ_HEAD, READ_BODY, SEND_HEAD, SEND_FILE, AIO_WAIT, SEND_BUFFER, DONE, LINGER, CLOSED) = (
+    State.READ_HEAD,
+    State.READ_BODY,
+    State.SEND_HEAD,
+    State.SEND_FILE,
+    State.AIO_WAIT,
+    State.SEND_BUFFER,
+    State.DONE,
+    State.LINGER,
+    State.CLOSED,
+)
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.READ_HEAD: frozenset({S.READ_BODY, S.SEND_HEAD, S.AIO_WAIT, S.CLOSED}),
-    S.READ_BODY: frozenset({S.SEND_HEAD, S.AIO_WAIT, S.CLOSED}),
-    S.SEND_HEAD: frozenset({S.SEND_FILE, S.DONE, S.CLOSED}),
-    S.SEND_FILE: frozenset({S.DONE, S.CLOSED}),
+    READ_HEAD: frozenset({READ_BODY, SEND_HEAD, AIO_WAIT, CLOSED}),
+    READ_BODY: frozenset({SEND_HEAD, AIO_WAIT, CLOSED}),
+    SEND_HEAD: frozenset({SEND_FILE, DONE, CLOSED}),
+    SEND_FILE: frozenset({DONE, CLOSED}),
     # A dynamic response's head waits for the first chunk, so both leave in one sendmsg.
-    S.AIO_WAIT: frozenset({S.SEND_BUFFER, S.CLOSED}),
-    S.SEND_BUFFER: frozenset({S.AIO_WAIT, S.DONE, S.CLOSED}),
-    S.DONE: frozenset({S.READ_HEAD, S.LINGER, S.CLOSED}),
-    S.LINGER: frozenset({S.CLOSED}),
-    S.CLOSED: frozenset(),
+    AIO_WAIT: frozenset({SEND_BUFFER, CLOSED}),
+    SEND_BUFFER: frozenset({AIO_WAIT, DONE, CLOSED}),
+    DONE: frozenset({READ_HEAD, LINGER, CLOSED}),
+    LINGER: frozenset({CLOSED}),
+    CLOSED: frozenset(),
 }
-SENDING = frozenset({S.SEND_HEAD, S.SEND_FILE, S.SEND_BUFFER})
+SENDING = frozenset({SEND_HEAD, SEND_FILE, SEND_BUFFER})
 
 
 # Parsing is a pure function of the head's bytes and clients repeat their heads (same
@@ -113,7 +125,7 @@ class Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.state = S.READ_HEAD
+        self.state = READ_HEAD
         self.mask = 0
         self.registered = False  # in the epoll set: only once it has to wait for something
         self.inbuf = b""
@@ -160,7 +172,7 @@ class Connection:
         """Read at once: the request has often arrived with the handshake, and a
         connection answered (and closed) right away never costs an epoll_ctl."""
         self._on_readable()
-        if self.state is S.READ_HEAD or self.state is S.READ_BODY:
+        if self.state is READ_HEAD or self.state is READ_BODY:
             self._want(EPOLLIN)
 
     # -- timeouts ------------------------------------------------------------------------
@@ -168,15 +180,15 @@ class Connection:
     def timed_out(self) -> None:
         """Called by the worker's sweep once ``deadline`` has passed."""
         state = self.state
-        if state is S.READ_HEAD and not self.inbuf and self.requests:
+        if state is READ_HEAD and not self.inbuf and self.requests:
             self.close()  # an idle keep-alive connection: nothing to say
             return
-        if state in (S.READ_HEAD, S.READ_BODY):
+        if state in (READ_HEAD, READ_BODY):
             log.info("%s: 408, no complete request within the timeout", self.peer)
             self._try_send_final(http.error_response(408, self.server.date.value, False))
             self.close()
             return
-        if state is S.LINGER:
+        if state is LINGER:
             self.close()
             return
         log.info(
@@ -195,16 +207,16 @@ class Connection:
 
     def on_event(self, events: int) -> None:
         state = self.state
-        if state is S.READ_HEAD or state is S.READ_BODY:
+        if state is READ_HEAD or state is READ_BODY:
             self._on_readable()
         elif state in SENDING:
             self._send()
-        elif state is S.AIO_WAIT:
+        elif state is AIO_WAIT:
             if events & EPOLLIN:
                 self._read_ahead()
             elif events & (EPOLLERR | EPOLLHUP):
                 self.close()
-        elif state is S.LINGER:
+        elif state is LINGER:
             self._linger()
 
     def on_error(self, exc: BaseException) -> None:
@@ -229,11 +241,11 @@ class Connection:
             log.debug("%s: recv failed: %s", self.peer, exc)
             data = b""
         if not data:
-            if self.inbuf or self.state is S.READ_BODY:
+            if self.inbuf or self.state is READ_BODY:
                 log.debug("%s: closed with an incomplete request", self.peer)
             self.close()
             return
-        if self.state is S.READ_BODY:
+        if self.state is READ_BODY:
             self._discard_body(data)
             return
         if self.inbuf:
@@ -267,7 +279,7 @@ class Connection:
         self.busy = True
         try:
             for _ in range(MAX_PIPELINED_PER_TURN):
-                if self.state is not S.READ_HEAD:
+                if self.state is not READ_HEAD:
                     return
                 if not self.inbuf:
                     if self.eof:
@@ -275,13 +287,13 @@ class Connection:
                     return
                 if not self._next_request():
                     return
-            if self.state is S.READ_HEAD and self.inbuf:
+            if self.state is READ_HEAD and self.inbuf:
                 self.server.loop.call_soon(self._resume)
         finally:
             self.busy = False
 
     def _resume(self) -> None:
-        if self.state is S.READ_HEAD:
+        if self.state is READ_HEAD:
             self._process()
 
     def _next_request(self) -> bool:
@@ -330,7 +342,7 @@ class Connection:
                 self.discard = length - have
                 self.inbuf = b""
                 self.pending = req
-                self._to(S.READ_BODY)
+                self._to(READ_BODY)
                 return False
             self.inbuf = self.inbuf[length:]
         self._respond(req)
@@ -441,11 +453,11 @@ class Connection:
                     self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
                     self.corked = True
             self.out = head
-            self._to(S.SEND_HEAD)
+            self._to(SEND_HEAD)
             self._send_head()
         else:
             self.out = head
-            self._to(S.AIO_WAIT)
+            self._to(AIO_WAIT)
             self.body = DynamicBody(server.aio, self, res.fd, start, stop, server.config.aio_depth)
             if not res.direct:
                 # A buffered read is done when io_submit returns: answer now, not a loop
@@ -482,16 +494,16 @@ class Connection:
     def _send_bytes(self, data: bytes) -> None:
         self.out = data
         self.res = None
-        self._to(S.SEND_HEAD)
+        self._to(SEND_HEAD)
         self._send_head()
 
     # -- sending -------------------------------------------------------------------------
 
     def _send(self) -> None:
         state = self.state
-        if state is S.SEND_FILE:
+        if state is SEND_FILE:
             self._send_file()
-        elif state is S.SEND_BUFFER:
+        elif state is SEND_BUFFER:
             self._send_body()
         else:
             self._send_head()
@@ -521,7 +533,7 @@ class Connection:
         if self.res is None:
             self._finish()
             return
-        self._to(S.SEND_FILE)
+        self._to(SEND_FILE)
         self._send_file()
 
     def _send_file(self) -> None:
@@ -557,8 +569,8 @@ class Connection:
 
     def on_body_ready(self) -> None:
         """The AIO read the response is waiting for has completed."""
-        if self.state is S.AIO_WAIT:
-            self._to(S.SEND_BUFFER)
+        if self.state is AIO_WAIT:
+            self._to(SEND_BUFFER)
             self._send_body()
 
     def _send_body(self) -> None:
@@ -575,7 +587,7 @@ class Connection:
                 self._abort(f"reading the file failed: {exc}")
                 return
             if view is None:
-                self._to(S.AIO_WAIT)
+                self._to(AIO_WAIT)
                 self.deadline = None  # the disk is ours to wait for, not the client's fault
                 self._want(0 if self.eof or len(self.inbuf) >= READ_AHEAD_LIMIT else EPOLLIN)
                 return
@@ -619,7 +631,7 @@ class Connection:
             self.body = None
 
     def _finish(self) -> None:
-        self._to(S.DONE)
+        self._to(DONE)
         if self.corked:
             self.corked = False
             with contextlib.suppress(OSError):  # push the last partial segment now
@@ -634,7 +646,7 @@ class Connection:
             else:
                 self.close()
             return
-        self._to(S.READ_HEAD)
+        self._to(READ_HEAD)
         self.req = None
         if self.mask != EPOLLIN:
             self._want(EPOLLIN)
@@ -645,7 +657,7 @@ class Connection:
     def _start_linger(self) -> None:
         """Close gently: a close with unread bytes would reset the connection and
         could destroy the response before the client reads it (nginx's lingering_close)."""
-        self._to(S.LINGER)
+        self._to(LINGER)
         self.inbuf = b""
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -669,9 +681,9 @@ class Connection:
         self.close()
 
     def close(self) -> None:
-        if self.state is S.CLOSED:
+        if self.state is CLOSED:
             return
-        self.state = S.CLOSED
+        self.state = CLOSED
         self.deadline = None
         self._release_body()
         server = self.server
@@ -682,4 +694,4 @@ class Connection:
     @property
     def idle(self) -> bool:
         """Between requests with nothing buffered: safe to close when draining."""
-        return self.state is S.READ_HEAD and not self.inbuf
+        return self.state is READ_HEAD and not self.inbuf
