@@ -255,6 +255,16 @@ static size_t shrink(size_t n, int splittable)
     return n / 2;
 }
 
+/* Count one wrapped call of len bytes and return how many to pass on. */
+static size_t plan(size_t len, int splittable, int calls_idx, int split_idx)
+{
+    size_t n = shrink(len, splittable);
+    bump(calls_idx);
+    if (n < len)
+        bump(split_idx);
+    return n;
+}
+
 /* Build a truncated copy of iov (at most MAX_IOV_COPY entries) whose total is
  * shrink(original total).  Returns the number of entries in out, or -1 when the
  * original array must be passed unchanged (nothing to split, or an argument the
@@ -297,10 +307,7 @@ SHIM_API ssize_t send(int fd, const void *buf, size_t len, int flags)
         return fn(fd, buf, len, flags);
     if (inject(fd, flags, 1))
         return -1;
-    size_t n = shrink(len, kind == FD_STREAM);
-    bump(C_SEND_CALLS);
-    if (n < len)
-        bump(C_SEND_SPLIT);
+    size_t n = plan(len, kind == FD_STREAM, C_SEND_CALLS, C_SEND_SPLIT);
     return fn(fd, buf, n, flags);
 }
 
@@ -313,10 +320,7 @@ SHIM_API ssize_t sendto(int fd, const void *buf, size_t len, int flags,
         return fn(fd, buf, len, flags, addr, addrlen);
     if (inject(fd, flags, 1))
         return -1;
-    size_t n = shrink(len, kind == FD_STREAM);
-    bump(C_SEND_CALLS);
-    if (n < len)
-        bump(C_SEND_SPLIT);
+    size_t n = plan(len, kind == FD_STREAM, C_SEND_CALLS, C_SEND_SPLIT);
     return fn(fd, buf, n, flags, addr, addrlen);
 }
 
@@ -348,10 +352,7 @@ SHIM_API ssize_t write(int fd, const void *buf, size_t len)
         return fn(fd, buf, len);
     if (inject(fd, 0, 1))
         return -1;
-    size_t n = shrink(len, kind == FD_STREAM);
-    bump(C_SEND_CALLS);
-    if (n < len)
-        bump(C_SEND_SPLIT);
+    size_t n = plan(len, kind == FD_STREAM, C_SEND_CALLS, C_SEND_SPLIT);
     return fn(fd, buf, n);
 }
 
@@ -384,10 +385,7 @@ SHIM_API ssize_t recv(int fd, void *buf, size_t len, int flags)
         return fn(fd, buf, len, flags);
     if (inject(fd, flags, 0))
         return -1;
-    size_t n = shrink(len, kind == FD_STREAM && !(flags & MSG_WAITALL));
-    bump(C_RECV_CALLS);
-    if (n < len)
-        bump(C_RECV_SPLIT);
+    size_t n = plan(len, kind == FD_STREAM && !(flags & MSG_WAITALL), C_RECV_CALLS, C_RECV_SPLIT);
     return fn(fd, buf, n, flags);
 }
 
@@ -400,10 +398,7 @@ SHIM_API ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct socka
         return fn(fd, buf, len, flags, addr, addrlen);
     if (inject(fd, flags, 0))
         return -1;
-    size_t n = shrink(len, kind == FD_STREAM && !(flags & MSG_WAITALL));
-    bump(C_RECV_CALLS);
-    if (n < len)
-        bump(C_RECV_SPLIT);
+    size_t n = plan(len, kind == FD_STREAM && !(flags & MSG_WAITALL), C_RECV_CALLS, C_RECV_SPLIT);
     return fn(fd, buf, n, flags, addr, addrlen);
 }
 
@@ -443,10 +438,7 @@ SHIM_API ssize_t read(int fd, void *buf, size_t len)
         return fn(fd, buf, len);
     if (inject(fd, 0, 0))
         return -1;
-    size_t n = shrink(len, kind == FD_STREAM);
-    bump(C_RECV_CALLS);
-    if (n < len)
-        bump(C_RECV_SPLIT);
+    size_t n = plan(len, kind == FD_STREAM, C_RECV_CALLS, C_RECV_SPLIT);
     return fn(fd, buf, n);
 }
 
@@ -479,10 +471,7 @@ SHIM_API ssize_t sendfile(int out_fd, int in_fd, off_t *offset, size_t count)
         return fn(out_fd, in_fd, offset, count);
     if (inject(out_fd, 0, 1))
         return -1;
-    size_t n = shrink(count, kind == FD_STREAM);
-    bump(C_SENDFILE_CALLS);
-    if (n < count)
-        bump(C_SENDFILE_SPLIT);
+    size_t n = plan(count, kind == FD_STREAM, C_SENDFILE_CALLS, C_SENDFILE_SPLIT);
     return fn(out_fd, in_fd, offset, n);
 }
 
@@ -494,10 +483,7 @@ SHIM_API ssize_t sendfile64(int out_fd, int in_fd, off64_t *offset, size_t count
         return fn(out_fd, in_fd, offset, count);
     if (inject(out_fd, 0, 1))
         return -1;
-    size_t n = shrink(count, kind == FD_STREAM);
-    bump(C_SENDFILE_CALLS);
-    if (n < count)
-        bump(C_SENDFILE_SPLIT);
+    size_t n = plan(count, kind == FD_STREAM, C_SENDFILE_CALLS, C_SENDFILE_SPLIT);
     return fn(out_fd, in_fd, offset, n);
 }
 
