@@ -17,7 +17,7 @@ sysdeps-test: sysdeps
 sysdeps-bench: sysdeps
 	@./scripts/need-debian-packages.sh wrk:wrk nginx-light:nginx
 
-$(STAMP): pyproject.toml setup.py aiobind/_build.py | sysdeps
+$(STAMP): pyproject.toml setup.py src/aiobind/_ffi_build.py | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -45,4 +45,4 @@ soak: sysdeps $(STAMP)
 	$(PY) bench/soak.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info aiobind/_native.* .pytest_cache
+	rm -rf $(VENV) build *.egg-info src/aiobind/_native.* .pytest_cache

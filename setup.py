@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["aiobind/_build.py:ffibuilder"])
+setup(cffi_modules=["src/aiobind/_ffi_build.py:ffibuilder"])

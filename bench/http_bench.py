@@ -406,9 +406,8 @@ def nginx_argv(ctx: Context, port: int) -> list[str]:
 
 
 def aws_env(ctx: Context) -> dict[str, str]:
-    """Make the in-repo package importable whether or not it was pip-installed."""
-    paths = [str(REPO_DIR / "src"), str(REPO_DIR), os.environ.get("PYTHONPATH", "")]
-    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    """The package is installed in the interpreter that runs the benchmark."""
+    return {}
 
 
 def aws_argv(ctx: Context, port: int) -> list[str]:

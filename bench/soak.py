@@ -60,7 +60,7 @@ class Server:
     def __init__(self, root: Path, extra: list[str]) -> None:
         cmd = [sys.executable, "-m", "aws", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--root", str(root), "--workers", "1", "--log-level", "info", *extra]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ)
         self.proc = subprocess.Popen(
             cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

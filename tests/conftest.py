@@ -8,22 +8,20 @@ one mode.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests import harness
 from tests.shim import ShimStats, build_shim, read_stats, shim_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,6 +123,7 @@ class ServerProcess:
     stats_path: Path | None
     root: DocRoot
     log_lines: list[str]
+    workers: int = 2
 
     @property
     def url(self) -> str:
@@ -142,8 +141,10 @@ class ServerProcess:
         return "".join(self.log_lines)
 
     def worker_pids(self) -> list[int]:
+        """The processes that serve: the children of the supervisor, or with one worker
+        the process that was started (it serves by itself)."""
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(p) for p in children.read_text().split()]
+        return [int(p) for p in children.read_text().split()] or [self.proc.pid]
 
     def alive(self) -> bool:
         if self.proc.poll() is not None:
@@ -159,18 +160,6 @@ class ServerProcess:
             return False
 
 
-def _drain(stream: object, sink: list[str], ready: threading.Event, found: list[str]) -> None:
-    for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
-        line = raw.decode("utf-8", "replace")
-        sink.append(line)
-        if not found:
-            m = _LISTENING.search(line)
-            if m:
-                found.append(m.group(2))
-                ready.set()
-    ready.set()
-
-
 def start_server(
     root: Path,
     *,
@@ -181,79 +170,26 @@ def start_server(
     workers: int = 2,
     extra: list[str] | None = None,
     env: dict[str, str] | None = None,
-    preexec: object = None,
+    preexec: Callable[[], None] | None = None,
     timeout: float = 20.0,
 ) -> ServerProcess:
     """Start the server on a free port (``--port 0``) and wait for its listening line."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "aws",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--root",
-        str(root),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "info",
-        *(extra or []),
-    ]
+    cmd = [sys.executable, "-m", "aws", "--root", str(root), "--workers", str(workers)]
+    cmd += ["--log-level", "info", *(extra or [])]
     if env is None:
         env = dict(os.environ)
         if mode == "shim":
             assert shim is not None and stats_path is not None
             env = shim_env(shim, stats_path)
-    env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=preexec,  # type: ignore[arg-type]
+    run = harness.start(cmd, cwd=REPO, env=env, preexec=preexec, timeout=timeout)
+    return ServerProcess(
+        run.proc, run.host, run.port, mode, stats_path, docroot, run.log_lines, workers
     )
-    lines: list[str] = []
-    ready = threading.Event()
-    found: list[str] = []
-    threading.Thread(target=_drain, args=(proc.stderr, lines, ready, found), daemon=True).start()
-    if not ready.wait(timeout) or not found:
-        stop_server(proc)
-        raise RuntimeError("server did not start:\n" + "".join(lines))
-    return ServerProcess(proc, "127.0.0.1", int(found[0]), mode, stats_path, docroot, lines)
 
 
 def stop_server(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
     """SIGTERM, then SIGKILL the whole group if it does not go; returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            for pid in _descendants(proc.pid):
-                _kill(pid)
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
-def _descendants(pid: int) -> list[int]:
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    out = [int(k) for k in kids]
-    for k in list(out):
-        out += _descendants(k)
-    return out
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    return harness.stop(proc, timeout)
 
 
 @pytest.fixture(scope="session")

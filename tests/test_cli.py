@@ -17,7 +17,7 @@ from tests.conftest import REPO, DocRoot, start_server, stop_server
 
 
 def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     return subprocess.run(
         [sys.executable, "-m", "aws", *args],
         cwd=REPO,

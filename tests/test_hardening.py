@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, DocRoot, ServerProcess, http_get, start_server, stop_server
+from tests.conftest import DocRoot, ServerProcess, http_get, start_server, stop_server
 
 BIG = 32 * 1024 * 1024  # larger than every socket buffer between server and client
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -632,7 +632,7 @@ def test_io_setup_failure_is_one_line_and_nonzero_exit(tree: Tree) -> None:
     same failure as an exhausted system-wide limit, without touching the global sysctl
     (other servers on this machine keep their contexts)."""
     max_nr = int(Path("/proc/sys/fs/aio-max-nr").read_text())
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ)
     cmd = [sys.executable, "-m", "aws", "--host", "127.0.0.1", "--port", "0"]
     cmd += ["--root", str(tree.path), "--workers", "1", "--aio-maxevents", str(max_nr + 1)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, check=False)
