@@ -4,7 +4,12 @@ Everything runs against the shared ``server`` fixture (plain, then under the spl
 shim). Its document root (``docroot`` in conftest) holds the traps: ``secret.txt`` beside
 the prefixes, an ``outside`` directory with a ``passwd``, ``link-out``/``dir-out``
 symlinks leading there, ``.hidden`` and ``.git/config``. None of their bytes may ever
-come back.
+come back through a URL trick or a symlink that leaves the root.
+
+The confinement tests run under each ``--symlinks`` policy: ``root`` (the session
+server), ``prefix`` and ``none`` (servers of their own, plain and under the shim). Links
+that leave a prefix but stay inside the root are served under ``root`` only; links to a
+hidden name are refused under every policy.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import DocRoot, ServerProcess, http_get
+from tests.conftest import DocRoot, ServerProcess, http_get, start_server, stop_server
 
 SECRETS = (b"root:x:0:0", b"outside the prefixes", b"secret\n", b"OUTSIDE-SWAP")
 
@@ -46,22 +51,43 @@ def assert_no_secret(data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def extra_links(docroot: DocRoot) -> Iterator[None]:
-    """Relative symlinks climbing out of a prefix (file and folder), added for this module."""
+    """Symlinks for this module: climbing out of the root (relative and absolute), out
+    of the prefix but inside the root, and to hidden names."""
     made: list[Path] = []
+    root = docroot.path
+    (root / ".env").write_bytes(b"secret\n")  # a hidden file at the root itself
+    outside = root.parent / "outside-of-root"
+    outside.mkdir(exist_ok=True)
+    (outside / "passwd").write_bytes(b"root:x:0:0\n")
     for prefix in ("static", "dynamic"):
-        d = docroot.path / prefix
+        d = root / prefix
+        other = "dynamic" if prefix == "static" else "static"
+        out_rel = os.path.relpath(outside / "passwd", d)
         for link, target in (
+            # out of the root
+            (d / "rel-out", out_rel),
+            (d / "sub" / "rel-out2", os.path.relpath(outside / "passwd", d / "sub")),
+            (d / "dir-root-up", "../.."),
+            (d / "sub" / "dir-up2", "../../.."),
+            (d / "abs-etc", "/etc"),
+            (d / "abs-in", str(root / prefix / "hello.txt")),  # absolute: inside, via /
+            # out of the prefix, inside the root
             (d / "rel-up", "../secret.txt"),
             (d / "sub" / "rel-up2", "../../secret.txt"),
             (d / "dir-up", ".."),
-            (d / "sub" / "dir-up2", "../../.."),
-            (d / "abs-etc", "/etc"),
+            (d / "cross", f"../{other}/hello.txt"),
+            # to hidden names, inside the prefix or the root
+            (d / "link-hidden", ".hidden"),
+            (d / "link-git", ".git/config"),
+            (d / "dir-git", ".git"),
+            (d / "link-env", "../.env"),
         ):
             os.symlink(target, link)
             made.append(link)
     yield
     for link in made:
         link.unlink()
+    (root / ".env").unlink()
 
 
 ESCAPES = [
@@ -108,12 +134,19 @@ ESCAPES = [
     "/{p}/link-out",
     "/{p}/dir-out/passwd",
     "/{p}/dir-out/",
-    "/{p}/rel-up",
-    "/{p}/sub/rel-up2",
-    "/{p}/dir-up/secret.txt",
-    "/{p}/dir-up/{p}/hello.txt",
+    "/{p}/rel-out",
+    "/{p}/sub/rel-out2",
+    "/{p}/dir-root-up/outside-of-root/passwd",
     "/{p}/sub/dir-up2/etc/passwd",
     "/{p}/abs-etc/passwd",
+    "/{p}/abs-in",  # an absolute target is refused even when it names a file inside
+    # symlinks to hidden names: a link must not undo the hidden-segment rule
+    "/{p}/link-hidden",
+    "/{p}/link-git",
+    "/{p}/dir-git/config",
+    "/{p}/link-env",
+    "/{p}/dir-up/.env",
+    "/{p}/dir-up/{p}/.hidden",
     # hidden files, however they are spelled
     "/{p}/.hidden",
     "/{p}/.git/config",
@@ -131,13 +164,65 @@ ESCAPES = [
 ]
 
 
+# Links that leave their prefix but stay inside the root: (target, content) per prefix.
+WITHIN_ROOT = [
+    ("/{p}/rel-up", b"outside the prefixes\n"),
+    ("/{p}/sub/rel-up2", b"outside the prefixes\n"),
+    ("/{p}/dir-up/secret.txt", b"outside the prefixes\n"),
+    ("/{p}/dir-up/{p}/hello.txt", b"hello\n"),
+    ("/{p}/cross", b"hello\n"),
+]
+POLICIES = ["root", "prefix", "none"]
+
+
+@pytest.fixture(scope="module")
+def policy_servers(
+    docroot: DocRoot, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[tuple[str, str], ServerProcess]]:
+    """Servers started with ``--symlinks prefix`` / ``none``, one per shim mode, on demand."""
+    started: dict[tuple[str, str], ServerProcess] = {}
+    yield started
+    for srv in started.values():
+        assert stop_server(srv.proc) == 0, srv.log()
+
+
+@pytest.fixture(params=POLICIES)
+def policy(
+    request: pytest.FixtureRequest,
+    server: ServerProcess,
+    policy_servers: dict[tuple[str, str], ServerProcess],
+    docroot: DocRoot,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, ServerProcess]:
+    name: str = request.param
+    if name == "root":  # the default: the session server
+        return name, server
+    key = (server.mode, name)
+    if key not in policy_servers:
+        shim = stats = None
+        if server.mode == "shim":
+            shim = request.getfixturevalue("shim_so")
+            stats = tmp_path_factory.mktemp("shimstats") / "stats"
+        policy_servers[key] = start_server(
+            docroot.path,
+            docroot=docroot,
+            mode=server.mode,
+            shim=shim,
+            stats_path=stats,
+            workers=1,
+            extra=["--symlinks", name],
+        )
+    return name, policy_servers[key]
+
+
 @pytest.mark.usefixtures("extra_links")
 @pytest.mark.parametrize("prefix", ["static", "dynamic"])
-def test_root_confinement(server: ServerProcess, prefix: str) -> None:
+def test_root_confinement(policy: tuple[str, ServerProcess], prefix: str) -> None:
+    _, srv = policy
     refused = []
     for pattern in ESCAPES:
         target = pattern.replace("{p}", prefix)
-        status, body = ask(server, target)
+        status, body = ask(srv, target)
         assert_no_secret(body)
         if status not in (400, 403, 404):
             refused.append((target, status))
@@ -146,25 +231,47 @@ def test_root_confinement(server: ServerProcess, prefix: str) -> None:
 
 @pytest.mark.usefixtures("extra_links")
 @pytest.mark.parametrize("prefix", ["static", "dynamic"])
-def test_what_stays_inside_is_still_served(server: ServerProcess, prefix: str) -> None:
-    assert ask(server, f"/{prefix}/hello.txt") == (200, b"hello\n")
-    assert ask(server, f"/{prefix}/link-in") == (200, b"hello\n")  # a symlink inside
+def test_links_inside_the_root_follow_the_policy(
+    policy: tuple[str, ServerProcess], prefix: str
+) -> None:
+    """``root`` serves what a link finds anywhere inside the root; ``prefix`` and
+    ``none`` refuse every link that leaves the prefix folder."""
+    name, srv = policy
+    for pattern, content in WITHIN_ROOT:
+        target = pattern.replace("{p}", prefix)
+        got = ask(srv, target)
+        if name == "root":
+            assert got == (200, content), target
+        else:
+            assert got[0] == 404, (target, got)
+            assert_no_secret(got[1])
+
+
+@pytest.mark.usefixtures("extra_links")
+@pytest.mark.parametrize("prefix", ["static", "dynamic"])
+def test_what_stays_inside_is_still_served(policy: tuple[str, ServerProcess], prefix: str) -> None:
+    name, srv = policy
+    assert ask(srv, f"/{prefix}/hello.txt") == (200, b"hello\n")
+    # a symlink inside the prefix: followed unless symlinks are off
+    status, body = ask(srv, f"/{prefix}/link-in")
+    assert (status, body) == (200, b"hello\n") if name != "none" else status == 404
     # ".." that stays inside may be resolved lexically or refused, never followed on disk
-    status, body = ask(server, f"/{prefix}/sub/../hello.txt")
+    status, body = ask(srv, f"/{prefix}/sub/../hello.txt")
     assert (status, body) == (200, b"hello\n") or status == 404
-    assert ask(server, f"/{prefix}/a%20b%25.txt") == (200, b"spaced\n")
-    assert ask(server, f"http://t/{prefix}/hello.txt") == (200, b"hello\n")  # absolute-form
+    assert ask(srv, f"/{prefix}/a%20b%25.txt") == (200, b"spaced\n")
+    assert ask(srv, f"http://t/{prefix}/hello.txt") == (200, b"hello\n")  # absolute-form
 
 
 @pytest.mark.parametrize("prefix", ["static", "dynamic"])
 def test_symlink_swapped_in_while_requests_run(
-    server: ServerProcess, prefix: str, tmp_path: Path
+    policy: tuple[str, ServerProcess], prefix: str, tmp_path: Path
 ) -> None:
     """Regular files are swapped (atomic rename) for symlinks leading out of the root and
     back, for about a second, while clients keep asking for them: each answer is the
     inside content or 404, never the outside bytes."""
     outside = tmp_path / "outside-target"
     outside.write_bytes(b"OUTSIDE-SWAP\n")
+    _, server = policy
     d = server.root.path / prefix
     tag = uuid.uuid4().hex[:8]
     names = [f"swap-{tag}-{i}.txt" for i in range(40)]

@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
         "this process may run on)",
     )
     p.add_argument(
+        "--symlinks",
+        choices=["root", "prefix", "none"],
+        default=d.symlinks,
+        help="symlinks are followed while they stay inside the document root (root, the "
+        "default), inside their prefix folder (prefix), or never (none); a link to a "
+        "hidden name is never followed",
+    )
+    p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"]
     )
     p.add_argument(
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         root=root,
         workers=args.workers,
         access_log=args.access_log,
+        symlinks=args.symlinks,
         header_timeout=args.header_timeout,
         keepalive_timeout=args.keepalive_timeout,
         send_timeout=args.send_timeout,

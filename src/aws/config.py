@@ -12,6 +12,7 @@ class Config:
     root: str = "."
     workers: int = 1
     access_log: str | None = None
+    symlinks: str = "root"  # the boundary symlinks may not leave: root, prefix or none
     # Timeouts, in seconds.
     header_timeout: float = 10.0  # a complete request head must arrive within this
     keepalive_timeout: float = 15.0  # idle time between requests on a kept-alive connection

@@ -1,11 +1,26 @@
 """From URL path segments to an open file under the document root, with an open-file cache.
 
-Confinement is the kernel's job: every open goes through ``openat2(RESOLVE_BENEATH)``
-relative to the prefix directory, so ``..``, absolute paths and symlinks that lead out
-are refused by the kernel itself, with no resolve-then-open race. The cache keeps the
-descriptor, the stat result and pre-built response heads (like nginx's
-``open_file_cache``) and re-checks the path at most once per ``valid`` seconds, so a
-replaced file is served within that time.
+Confinement is the kernel's job: every open is ``openat2(RESOLVE_BENEATH)`` relative to
+a directory descriptor, so ``..``, absolute paths and symlinks that lead out are refused
+by the kernel itself, with no resolve-then-open race. Which directory is the boundary is
+the ``symlinks`` policy (nginx's ``disable_symlinks`` is the model):
+
+- ``root`` (default): the document root. ``dynamic/a.dat -> ../static/a.dat`` and a
+  symlinked prefix (``dynamic -> static``) are followed, because real layouts have them;
+  a link leaving the root is refused.
+- ``prefix``: the prefix folder (``static/`` or ``dynamic/``) itself.
+- ``none``: no symlink at all (``RESOLVE_NO_SYMLINKS``), in the path or as the prefix.
+
+A followed symlink must not lead to a hidden name either (``x -> .git/config`` or
+``x -> ../.env``): the URL check on hidden segments would otherwise be bypassed by any
+link. So an open first tries ``RESOLVE_NO_SYMLINKS`` (the common case costs one
+syscall); only when that meets a symlink is the file opened again with symlinks allowed
+and its real path, read back from ``/proc/self/fd``, checked for hidden components below
+the boundary. Anything unexpected there refuses the file (fail closed).
+
+The cache keeps the descriptor, the stat result and pre-built response heads (like
+nginx's ``open_file_cache``) and re-checks the path at most once per ``valid`` seconds,
+so a replaced file is served within that time.
 """
 
 from __future__ import annotations
@@ -23,7 +38,10 @@ from aws.mime import content_type
 log = logging.getLogger("aws.files")
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _RESOLVE = aiobind.RESOLVE_BENEATH | aiobind.RESOLVE_NO_MAGICLINKS
+_RESOLVE_NO_LINKS = _RESOLVE | aiobind.RESOLVE_NO_SYMLINKS
+SYMLINK_POLICIES = ("root", "prefix", "none")
 # errno values that mean "nothing servable there": not found, escaping the root
 # (EXDEV), a symlink loop or a file where a directory was expected.
 _NOT_FOUND = frozenset(
@@ -105,27 +123,55 @@ class FileCache:
 
     def __init__(
         self,
-        directory: str,
+        root: str,
+        prefix: str,
         direct: bool,
         max_entries: int = 1024,
         valid: float = 1.0,
         on_buffered: Callable[[str], None] | None = None,
         directio: int = 0,
+        symlinks: str = "root",
     ) -> None:
-        self.directory = directory
+        if symlinks not in SYMLINK_POLICIES:
+            raise ValueError(f"symlinks must be one of {SYMLINK_POLICIES}, not {symlinks!r}")
+        self.directory = os.path.join(root, prefix)
         self.direct = direct
         # Like nginx's ``directio``: files smaller than this are read through the page
         # cache, where a hot small file costs a copy instead of a trip to the device.
         self.directio = directio
         self.max_entries = max_entries
         self.valid = valid
+        self.symlinks = symlinks
         self._entries: dict[bytes, Resource] = {}
         self._on_buffered = on_buffered
+        # _base_fd is the boundary every open stays beneath; _lead is the path from it
+        # to the prefix folder (empty when the boundary is the prefix folder itself).
+        self._base_fd = -1
+        self._lead = b""
+        self._base_real = b""
         try:
-            self._dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._open_base(root, prefix)
         except OSError as exc:
-            log.warning("%s is not servable (%s): its URLs will answer 404", directory, exc)
-            self._dir_fd = -1
+            log.warning("%s is not servable (%s): its URLs will answer 404", self.directory, exc)
+            self.close()
+
+    def _open_base(self, root: str, prefix: str) -> None:
+        root_fd = os.open(root, _DIR_FLAGS)
+        try:
+            if self.symlinks == "root":
+                # Only to warn now about a missing prefix; files open relative to the root.
+                os.close(aiobind.openat2(root_fd, prefix, _DIR_FLAGS, _RESOLVE))
+                self._base_fd, root_fd = root_fd, -1
+                self._lead = os.fsencode(prefix) + b"/"
+                self._base_real = os.fsencode(os.path.realpath(root))
+            elif self.symlinks == "prefix":
+                self._base_fd = aiobind.openat2(root_fd, prefix, _DIR_FLAGS, _RESOLVE)
+                self._base_real = os.fsencode(os.path.realpath(self.directory))
+            else:
+                self._base_fd = aiobind.openat2(root_fd, prefix, _DIR_FLAGS, _RESOLVE_NO_LINKS)
+        finally:
+            if root_fd >= 0:
+                os.close(root_fd)
 
     def acquire(self, segments: list[bytes], now: float, key: bytes | None = None) -> Resource:
         """The open file for these path segments; the caller must call its ``release()``.
@@ -150,7 +196,7 @@ class FileCache:
             try:
                 # The path _open opened: a directory's index, not the directory.
                 path = key + b"index.html" if key[-1:] in (b"", b"/") else key
-                st = os.stat(path, dir_fd=self._dir_fd)
+                st = os.stat(self._lead + path, dir_fd=self._base_fd)
             except OSError:
                 st = None
             if st is not None and old.identity == (
@@ -177,7 +223,7 @@ class FileCache:
             res.close()
 
     def _open(self, key: bytes, segments: list[bytes], now: float) -> Resource:
-        if self._dir_fd < 0:
+        if self._base_fd < 0:
             raise http.HttpError(404, "prefix directory missing")
         for seg in segments:
             # An encoded slash (%2F) would act as a separator inside openat2 and hide
@@ -189,16 +235,7 @@ class FileCache:
         if name == b"":
             name = b"index.html"
             path = key + b"index.html"
-        try:
-            fd = aiobind.openat2(self._dir_fd, path, _OPEN_FLAGS, _RESOLVE)
-        except OSError as exc:
-            if exc.errno == errno.EACCES:
-                raise http.HttpError(403, "permission denied") from None
-            if exc.errno in _NOT_FOUND:
-                raise http.HttpError(404, os.strerror(exc.errno)) from None
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                raise http.HttpError(503, "out of file descriptors") from None
-            raise
+        fd = self._confined_open(self._lead + path)
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
@@ -215,9 +252,48 @@ class FileCache:
             os.close(fd)
             raise
 
+    def _confined_open(self, path: bytes) -> int:
+        """Open ``path`` beneath the boundary under the symlink policy, or raise HttpError."""
+        try:
+            try:
+                return aiobind.openat2(self._base_fd, path, _OPEN_FLAGS, _RESOLVE_NO_LINKS)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP or self.symlinks == "none":
+                    raise
+            # A symlink on the way: the kernel still keeps the open beneath the boundary,
+            # and where it led is checked before the file is used.
+            fd = aiobind.openat2(self._base_fd, path, _OPEN_FLAGS, _RESOLVE)
+        except OSError as exc:
+            if exc.errno == errno.EACCES:
+                raise http.HttpError(403, "permission denied") from None
+            if exc.errno in _NOT_FOUND:
+                raise http.HttpError(404, os.strerror(exc.errno)) from None
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise http.HttpError(503, "out of file descriptors") from None
+            raise
+        why = self._hidden_target(fd)
+        if why is not None:
+            os.close(fd)
+            log.info("%s/%s: symlink refused: %s", self.directory, os.fsdecode(path), why)
+            raise http.HttpError(404, "symlink target refused")
+        return fd
+
+    def _hidden_target(self, fd: int) -> str | None:
+        """Why the file a symlink led to may not be served, or None when it may."""
+        try:
+            real = os.readlink(b"/proc/self/fd/%d" % fd)
+        except OSError as exc:
+            return f"its real path is unknown ({exc.strerror})"
+        base = self._base_real
+        if not real.startswith(base + b"/"):
+            return "it resolves outside the boundary"
+        if any(part[:1] == b"." for part in real[len(base) + 1 :].split(b"/")):
+            return "it leads to a hidden name"
+        return None
+
     def close(self) -> None:
         for key in list(self._entries):
             self._drop(key, self._entries[key])
-        if self._dir_fd >= 0:
-            os.close(self._dir_fd)
-            self._dir_fd = -1
+        if self._base_fd >= 0:
+            os.close(self._base_fd)
+            self._base_fd = -1

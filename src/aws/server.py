@@ -49,18 +49,22 @@ class Server:
             1, min(config.open_file_cache, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
         )
         self.static = FileCache(
-            os.path.join(root, "static"),
+            root,
+            "static",
             direct=False,
             max_entries=cached,
             valid=config.open_file_valid,
+            symlinks=config.symlinks,
         )
         self.dynamic = FileCache(
-            os.path.join(root, "dynamic"),
+            root,
+            "dynamic",
             direct=True,
             max_entries=cached,
             valid=config.open_file_valid,
             on_buffered=self._buffered_once,
             directio=config.directio,
+            symlinks=config.symlinks,
         )
         self.caches = {b"static": self.static, b"dynamic": self.dynamic}
         self.aio = AioReader(
