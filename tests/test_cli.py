@@ -115,6 +115,10 @@ def test_a_killed_worker_is_replaced_on_its_cpu(docroot: DocRoot) -> None:
             assert time.monotonic() < deadline, f"no replacement: {after}\n{srv.log()}"
             time.sleep(0.05)
         replacement = next(p for p in after if p not in before)
+        # The supervisor logs the restart once the new worker is pinned.
+        while f"restarted as pid {replacement}" not in srv.log():
+            assert time.monotonic() < deadline, f"restart not logged\n{srv.log()}"
+            time.sleep(0.05)
         assert os.sched_getaffinity(replacement) == cpu
         assert "died with signal 9" in srv.log()
         # Its listening socket survived in the supervisor: every request is answered.

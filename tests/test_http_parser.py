@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from aws import http
+from aws import heads, http
 from aws.conditions import Decision, evaluate, http_date
 from aws.http import (
     MAX_HEADER_BYTES,
@@ -523,31 +523,31 @@ def test_head_errors_carry_the_method() -> None:
 
 
 def test_build_head() -> None:
-    out = http.build_head(200, b"DATE", True, [(b"Content-Length", b"5")])
+    out = heads.build_head(200, b"DATE", True, [(b"Content-Length", b"5")])
     assert out == (
         b"HTTP/1.1 200 OK\r\nServer: aws\r\nDate: DATE\r\n"
         b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\n"
     )
-    assert http.build_head(404, b"D", False, ()).endswith(b"Connection: close\r\n\r\n")
+    assert heads.build_head(404, b"D", False, ()).endswith(b"Connection: close\r\n\r\n")
 
 
 @pytest.mark.parametrize("status", [400, 404, 405, 412, 414, 416, 431, 501, 505])
 def test_error_response(status: int) -> None:
-    full = http.error_response(status, b"D", False)
+    full = heads.error_response(status, b"D", False)
     head_part, body = full.split(b"\r\n\r\n", 1)
-    assert head_part.startswith(b"HTTP/1.1 %d %s" % (status, http.REASONS[status].encode()))
+    assert head_part.startswith(b"HTTP/1.1 %d %s" % (status, heads.REASONS[status].encode()))
     assert b"Content-Type: text/html; charset=utf-8" in head_part
     assert b"Content-Length: %d" % len(body) in head_part
     assert b"<html" in body and str(status).encode() in body
-    only_head = http.error_response(status, b"D", False, head_only=True)
+    only_head = heads.error_response(status, b"D", False, head_only=True)
     assert only_head == head_part + b"\r\n\r\n"
 
 
 def test_dates_are_imf_fixdate() -> None:
-    cache = http.DateCache()
+    cache = heads.DateCache()
     assert IMF_FIXDATE.fullmatch(cache.value)
-    assert http.http_date(784111777) == b"Sun, 06 Nov 1994 08:49:37 GMT"
-    assert IMF_FIXDATE.fullmatch(http.http_date(0))
+    assert heads.http_date(784111777) == b"Sun, 06 Nov 1994 08:49:37 GMT"
+    assert IMF_FIXDATE.fullmatch(heads.http_date(0))
 
 
 # -- robustness: only HttpError, whatever the bytes ----------------------------------------------
@@ -562,7 +562,7 @@ def _only_http_errors(data: bytes) -> None:
         try:
             req = parse_head(data[:end])
         except HttpError as exc:
-            assert exc.status in http.REASONS
+            assert exc.status in heads.REASONS
             return
         assert req.method in ("GET", "HEAD", "OPTIONS")
     for candidate in (data, data + b"\r\n\r\n"):

@@ -1,93 +1,74 @@
 """One client connection as an explicit state machine.
 
+The states and every legal move are the table in :mod:`aws.states`; :data:`ON_EVENT`
+maps each state to the method that handles a readiness event in it, and every move
+goes through :meth:`Connection._to`, which checks it against the table. What to answer
+comes from :mod:`aws.respond`; the bytes move in :mod:`aws.transfer`; requests are cut
+from the stream by :class:`aws.http.Framer`. This module only drives them.
+
 Partial reads and partial writes are the normal case: every send loops until the kernel
-says EAGAIN (a short count is not EAGAIN), then waits for EPOLLOUT; every read keeps
-what it got and waits for more. The whole machine is :data:`TRANSITIONS`.
+says EAGAIN, then waits for EPOLLOUT; every read keeps what it got and waits for more.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
-import os
 import socket
-from typing import TYPE_CHECKING
-from urllib.parse import quote_from_bytes
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
-from aws import http
-from aws.aio import DynamicBody, FileChanged
-from aws.conditions import evaluate
-from aws.files import Redirect, Resource
+from aws import respond, transfer
+from aws.aio import DynamicBody
+from aws.http import Framer, HttpError, Request
 from aws.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from aws.states import (
+    AIO_WAIT,
+    CLOSED,
+    DONE,
+    LINGER,
+    READ_BODY,
+    READ_HEAD,
+    SEND_BUFFER,
+    SEND_FILE,
+    SEND_HEAD,
+    SENDING,
+    TRANSITIONS,
+    IllegalTransition,
+    State,
+)
 
 if TYPE_CHECKING:
-    from aws.files import FileCache
-    from aws.server import Server
+    from aws.aio import AioReader
+    from aws.config import Config
+    from aws.files import FileCache, Resource
+    from aws.heads import DateCache
+    from aws.loop import Loop
 
 log = logging.getLogger("aws.connection")
+
+__all__ = ["SENDING", "TRANSITIONS", "Connection", "IllegalTransition", "State", "Worker"]
 
 RECV_SIZE = 64 * 1024
 READ_AHEAD_LIMIT = 64 * 1024  # pipelined bytes buffered while a response is in progress
 MAX_PIPELINED_PER_TURN = 32  # then yield to the other connections of the loop
 LINGER_TIMEOUT = 2.0
-CORK_ABOVE = 256 * 1024  # static bodies this long are sent corked
-MSG_MORE = socket.MSG_MORE
 
 
-class State(enum.Enum):
-    READ_HEAD = "reading a request head"
-    READ_BODY = "discarding a request body"
-    SEND_HEAD = "sending a head (and a small body)"
-    SEND_FILE = "sending a static file with sendfile"
-    AIO_WAIT = "waiting for an AIO read"
-    SEND_BUFFER = "sending an AIO buffer"
-    DONE = "response complete"
-    LINGER = "closing: draining what the client still sends"
-    CLOSED = "closed"
+class Worker(Protocol):
+    """What a connection needs of the worker that owns it, and nothing more."""
 
-    # Members are singletons: hash by identity in C, not by name in Python (hot path).
-    __hash__ = object.__hash__
+    loop: Loop
+    config: Config
+    date: DateCache
+    aio: AioReader
+    caches: Mapping[bytes | None, FileCache]
+    draining: bool
+    access_log: object | None
 
+    def log_access(self, conn: Connection) -> None: ...
 
-# Module-level names for the members: on Python 3.11 ``State.X`` costs ~150 ns (the
-# enum metaclass's lookup) where a global costs ~25 ns, and the hot path reads them often.
-(READ_HEAD, READ_BODY, SEND_HEAD, SEND_FILE, AIO_WAIT, SEND_BUFFER, DONE, LINGER, CLOSED) = (
-    State.READ_HEAD,
-    State.READ_BODY,
-    State.SEND_HEAD,
-    State.SEND_FILE,
-    State.AIO_WAIT,
-    State.SEND_BUFFER,
-    State.DONE,
-    State.LINGER,
-    State.CLOSED,
-)
-TRANSITIONS: dict[State, frozenset[State]] = {
-    READ_HEAD: frozenset({READ_BODY, SEND_HEAD, AIO_WAIT, CLOSED}),
-    READ_BODY: frozenset({SEND_HEAD, AIO_WAIT, CLOSED}),
-    SEND_HEAD: frozenset({SEND_FILE, DONE, CLOSED}),
-    SEND_FILE: frozenset({DONE, CLOSED}),
-    # A dynamic response's head waits for the first chunk, so both leave in one sendmsg.
-    AIO_WAIT: frozenset({SEND_BUFFER, CLOSED}),
-    SEND_BUFFER: frozenset({AIO_WAIT, DONE, CLOSED}),
-    DONE: frozenset({READ_HEAD, LINGER, CLOSED}),
-    LINGER: frozenset({CLOSED}),
-    CLOSED: frozenset(),
-}
-SENDING = frozenset({SEND_HEAD, SEND_FILE, SEND_BUFFER})
-
-
-# Parsing is a pure function of the head's bytes and clients repeat their heads (same
-# browser, same crawler, same load generator): remember the last few hundred results.
-# Requests are never mutated after parsing, so sharing one is safe.
-PARSE_MEMO_SIZE = 512
-PARSE_MEMO_HEAD = 2048  # longer heads are rare and would make the memo large
-_parsed: dict[bytes, http.Request] = {}
-
-
-class IllegalTransition(RuntimeError):
-    pass
+    def closed(self, conn: Connection) -> None: ...
 
 
 class Connection:
@@ -96,10 +77,9 @@ class Connection:
         "busy",
         "corked",
         "deadline",
-        "discard",
         "eof",
         "fd",
-        "inbuf",
+        "framer",
         "keep_alive",
         "linger",
         "mask",
@@ -111,7 +91,6 @@ class Connection:
         "req",
         "requests",
         "res",
-        "scan",
         "sent",
         "server",
         "sock",
@@ -120,7 +99,7 @@ class Connection:
         "stop",
     )
 
-    def __init__(self, server: Server, sock: socket.socket, peer: object) -> None:
+    def __init__(self, server: Worker, sock: socket.socket, peer: object) -> None:
         self.server = server
         self.sock = sock
         self.fd = sock.fileno()
@@ -128,14 +107,12 @@ class Connection:
         self.state = READ_HEAD
         self.mask = 0
         self.registered = False  # in the epoll set: only once it has to wait for something
-        self.inbuf = b""
-        self.scan = 0  # where to resume looking for the end of a partial head
+        self.framer = Framer()
         self.eof = False  # the client shut down its sending side
         self.busy = False  # inside _process: completions must not recurse into it
         self.requests = 0
-        self.req: http.Request | None = None
-        self.pending: http.Request | None = None  # waiting for its body to be discarded
-        self.discard = 0
+        self.req: Request | None = None
+        self.pending: Request | None = None  # waiting for its body to be discarded
         self.keep_alive = True
         self.out = b""  # head (or whole small response) bytes not yet sent
         self.res: Resource | None = None
@@ -151,6 +128,16 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection fd={self.fd} peer={self.peer} state={self.state.name}>"
+
+    @property
+    def inbuf(self) -> bytes:
+        """Received bytes not yet part of an answered request."""
+        return self.framer.buf
+
+    @property
+    def idle(self) -> bool:
+        """Between requests with nothing buffered: safe to close when draining."""
+        return self.state is READ_HEAD and not self.framer.buf
 
     # -- the machine ---------------------------------------------------------------------
 
@@ -171,56 +158,43 @@ class Connection:
     def start(self) -> None:
         """Read at once: the request has often arrived with the handshake, and a
         connection answered (and closed) right away never costs an epoll_ctl."""
-        self._on_readable()
+        self._on_readable(EPOLLIN)
         if self.state is READ_HEAD or self.state is READ_BODY:
             self._want(EPOLLIN)
+
+    def on_event(self, events: int) -> None:
+        ON_EVENT[self.state](self, events)
+
+    def on_error(self, exc: BaseException) -> None:
+        self.close()
 
     # -- timeouts ------------------------------------------------------------------------
 
     def timed_out(self) -> None:
         """Called by the worker's sweep once ``deadline`` has passed."""
         state = self.state
-        if state is READ_HEAD and not self.inbuf and self.requests:
+        if state is READ_HEAD and not self.framer.buf and self.requests:
             self.close()  # an idle keep-alive connection: nothing to say
             return
-        if state in (READ_HEAD, READ_BODY):
-            log.info("%s: 408, no complete request within the timeout", self.peer)
-            self._try_send_final(http.error_response(408, self.server.date.value, False))
-            self.close()
-            return
-        if state is LINGER:
-            self.close()
-            return
-        log.info(
-            "%s: dropped, no progress for %ss while %s",
-            self.peer,
-            self.server.config.send_timeout,
-            state.value,
-        )
-        self.close()
-
-    def _try_send_final(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.send(data)
-
-    # -- events --------------------------------------------------------------------------
-
-    def on_event(self, events: int) -> None:
-        state = self.state
         if state is READ_HEAD or state is READ_BODY:
-            self._on_readable()
-        elif state in SENDING:
-            self._send()
-        elif state is AIO_WAIT:
-            if events & EPOLLIN:
-                self._read_ahead()
-            elif events & (EPOLLERR | EPOLLHUP):
-                self.close()
-        elif state is LINGER:
-            self._linger()
-
-    def on_error(self, exc: BaseException) -> None:
+            log.info("%s: 408, no complete request within the timeout", self.peer)
+            reply = respond.error(
+                HttpError(408, "request timeout"), None, self.server.date.value, False
+            )
+            with contextlib.suppress(OSError):
+                self.sock.send(reply.head)
+            self.close()
+            return
+        if state is not LINGER:
+            log.info(
+                "%s: dropped, no progress for %ss while %s",
+                self.peer,
+                self.server.config.send_timeout,
+                state.value,
+            )
         self.close()
+
+    # -- reading -------------------------------------------------------------------------
 
     def _recv(self) -> bytes | None:
         """Bytes from the socket; b"" at EOF; None when there are none yet."""
@@ -232,32 +206,40 @@ class Connection:
             log.debug("%s: recv failed: %s", self.peer, exc)
             return b""
 
-    def _on_readable(self) -> None:
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except BlockingIOError:
+    def _on_readable(self, events: int) -> None:
+        data = self._recv()
+        if data is None:
             return
-        except OSError as exc:
-            log.debug("%s: recv failed: %s", self.peer, exc)
-            data = b""
+        framer = self.framer
         if not data:
-            if self.inbuf or self.state is READ_BODY:
+            if framer.buf:
                 log.debug("%s: closed with an incomplete request", self.peer)
             self.close()
             return
-        if self.state is READ_BODY:
-            self._discard_body(data)
-            return
-        if self.inbuf:
-            self.inbuf += data
-        else:
-            if self.requests:  # the first byte of the next request starts its clock
-                self.deadline = self.server.loop.now + self.server.config.header_timeout
-            self.inbuf = data
+        if not framer.buf and self.requests:  # the next request's first byte starts its clock
+            self.deadline = self.server.loop.now + self.server.config.header_timeout
+        framer.feed(data)
         self._process()
 
-    def _read_ahead(self) -> None:
-        """Buffer pipelined bytes while a response is in progress (bounded)."""
+    def _on_body_readable(self, events: int) -> None:
+        data = self._recv()
+        if data is None:
+            return
+        if not data:
+            log.debug("%s: closed with an incomplete request", self.peer)
+            self.close()
+            return
+        if self.framer.skip_body(data):
+            req, self.pending = self.pending, None
+            assert req is not None
+            self._respond(req)  # what followed the body is read after the answer
+
+    def _read_ahead(self, events: int) -> None:
+        """While a response waits for the disk: buffer pipelined bytes (bounded)."""
+        if not events & EPOLLIN:
+            if events & (EPOLLERR | EPOLLHUP):
+                self.close()
+            return
         data = self._recv()
         if data is None:
             return
@@ -266,8 +248,8 @@ class Connection:
             self.keep_alive = False
             self._want(self.mask & ~EPOLLIN)
             return
-        self.inbuf += data
-        if len(self.inbuf) >= READ_AHEAD_LIMIT:
+        self.framer.feed(data)
+        if len(self.framer.buf) >= READ_AHEAD_LIMIT:
             self._want(self.mask & ~EPOLLIN)
 
     # -- requests ------------------------------------------------------------------------
@@ -277,17 +259,28 @@ class Connection:
         if self.busy:
             return
         self.busy = True
+        framer = self.framer
         try:
             for _ in range(MAX_PIPELINED_PER_TURN):
                 if self.state is not READ_HEAD:
                     return
-                if not self.inbuf:
-                    if self.eof:
+                try:
+                    req = framer.next_request()
+                except HttpError as exc:
+                    self.requests += exc.request is not None
+                    self._fail(exc, exc.request)
+                    return
+                if req is None:
+                    if self.eof and not framer.buf:
                         self.close()
                     return
-                if not self._next_request():
+                self.requests += 1
+                if framer.discard:
+                    self.pending = req
+                    self._to(READ_BODY)
                     return
-            if self.state is READ_HEAD and self.inbuf:
+                self._respond(req)
+            if self.state is READ_HEAD and framer.buf:
                 self.server.loop.call_soon(self._resume)
         finally:
             self.busy = False
@@ -296,181 +289,20 @@ class Connection:
         if self.state is READ_HEAD:
             self._process()
 
-    def _next_request(self) -> bool:
-        """Parse and start answering one request; False when none is complete."""
-        buf = self.inbuf
-        if buf[:2] == b"\r\n":
-            buf = self.inbuf = http.skip_empty_lines(buf)
-        if not buf:
-            if self.eof:
-                self.close()
-            return False
-        end = buf.find(b"\r\n\r\n", self.scan)
-        if 0 <= end < http.MAX_REQUEST_LINE:
-            end += 4  # a head this short is within every limit
-        else:
-            try:
-                end = http.find_head_end(buf, self.scan)
-            except http.HttpError as exc:
-                self._fail(exc, None)
-                return False
-        if end < 0:
-            self.scan = max(0, len(buf) - 3)
-            return False
-        self.inbuf = buf[end:]
-        self.scan = 0
-        head = buf[:end]
-        req = _parsed.get(head)
-        if req is None:
-            try:
-                req = http.parse_head(head)
-            except http.HttpError as exc:
-                self._fail(exc, None)
-                return False
-            if len(head) <= PARSE_MEMO_HEAD:
-                if len(_parsed) >= PARSE_MEMO_SIZE:
-                    _parsed.clear()
-                _parsed[head] = req
-        self.requests += 1
-        length = req.content_length
-        if length:
-            if length > http.MAX_DISCARDED_BODY:
-                self._fail(http.HttpError(413, "request body too large", close=True), req)
-                return False
-            have = len(self.inbuf)
-            if have < length:
-                self.discard = length - have
-                self.inbuf = b""
-                self.pending = req
-                self._to(READ_BODY)
-                return False
-            self.inbuf = self.inbuf[length:]
-        self._respond(req)
-        return True
-
-    def _discard_body(self, data: bytes) -> None:
-        """Drop request-body bytes (a GET may carry one), then answer the request."""
-        n = min(self.discard, len(data))
-        self.discard -= n
-        if self.discard:
-            return
-        req, self.pending = self.pending, None
-        assert req is not None
-        self.inbuf = data[n:]  # the next pipelined request, if any: read after the answer
-        self._respond(req)
-
-    # -- responses -----------------------------------------------------------------------
-
-    def _respond(self, req: http.Request) -> None:
+    def _respond(self, req: Request) -> None:
         server = self.server
         self.req = req
         self.keep_alive = req.keep_alive and not server.draining and not self.eof
-        segments = req.segments
-        if segments is None or req.method == "OPTIONS":
-            self._simple(200, b"", ((b"Allow", http.ALLOW), (b"Content-Length", b"0")))
-            return
-        cache = server.caches.get(req.prefix)
-        if cache is None:
-            self._fail(http.HttpError(404, "outside /static/ and /dynamic/"), req)
-            return
         try:
-            if len(segments) == 1:
-                raise Redirect()
-            res = cache.acquire(segments[1:], server.loop.now, req.key)
-        except http.HttpError as exc:
+            reply = respond.answer(
+                req, server.caches, server.loop.now, server.date.value, self.keep_alive
+            )
+        except HttpError as exc:
             self._fail(exc, req)
             return
-        except Redirect:
-            location = quote_from_bytes(req.path + b"/").encode()
-            self._simple(301, b"", ((b"Location", location), (b"Content-Length", b"0")))
-            return
-        date = server.date.value
-        if not req.conditional:
-            self._respond_with(
-                req, res, cache, 200, res.ok_head(date, self.keep_alive), 0, res.size
-            )
-            return
-        decision = evaluate(req, res)
-        status = decision.status
-        if status == 200:
-            head = res.ok_head(date, self.keep_alive)
-        elif status == 206:
-            head = http.build_head(
-                206,
-                date,
-                self.keep_alive,
-                [
-                    *res.fields(),
-                    (
-                        b"Content-Range",
-                        b"bytes %d-%d/%d" % (decision.start, decision.end - 1, res.size),
-                    ),
-                    (b"Content-Length", b"%d" % (decision.end - decision.start)),
-                ],
-            )
-        elif status == 304:
-            head = http.build_head(
-                304,
-                date,
-                self.keep_alive,
-                [(b"Last-Modified", res.last_modified), (b"ETag", res.etag)],
-            )
-        else:
-            extra = ((b"Content-Range", b"bytes */%d" % res.size),) if status == 416 else ()
-            res.release()
-            self.status = status
-            self._send_bytes(
-                http.error_response(status, date, self.keep_alive, req.method == "HEAD", extra)
-            )
-            return
-        self._respond_with(req, res, cache, status, head, decision.start, decision.end)
+        self._start(reply)
 
-    def _respond_with(
-        self,
-        req: http.Request,
-        res: Resource,
-        cache: FileCache,
-        status: int,
-        head: bytes,
-        start: int,
-        stop: int,
-    ) -> None:
-        server = self.server
-        self.status = status
-        if req.method == "HEAD" or status == 304 or start == stop:
-            res.release()
-            self._send_bytes(head)
-            return
-        self.res = res
-        self.pos = start
-        self.stop = stop
-        self.sent = 0
-        if cache is server.static:
-            if stop - start >= CORK_ABOVE:
-                # A long transfer: only full segments until the end (nginx's tcp_nopush),
-                # instead of a short one at the end of every sendfile call.
-                with contextlib.suppress(OSError):  # not TCP (a unix socket): no cork
-                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-                    self.corked = True
-            self.out = head
-            self._to(SEND_HEAD)
-            self._send_head()
-        else:
-            self.out = head
-            self._to(AIO_WAIT)
-            self.body = DynamicBody(server.aio, self, res.fd, start, stop, server.config.aio_depth)
-            if not res.direct:
-                # A buffered read is done when io_submit returns: answer now, not a loop
-                # turn and an eventfd read later.
-                server.aio.reap_now()
-
-    def _simple(self, status: int, body: bytes, fields: tuple[tuple[bytes, bytes], ...]) -> None:
-        self.status = status
-        self._send_bytes(
-            http.build_head(status, self.server.date.value, self.keep_alive, fields) + body
-        )
-
-    def _fail(self, exc: http.HttpError, req: http.Request | None) -> None:
+    def _fail(self, exc: HttpError, req: Request | None) -> None:
         """Answer with an error status; close afterwards if framing is now unknown."""
         if exc.status >= 500 or exc.status not in (404, 412, 416):
             log.info("%s: %d %s", self.peer, exc.status, exc.detail)
@@ -478,146 +310,111 @@ class Connection:
             log.debug("%s: %d %s", self.peer, exc.status, exc.detail)
         if exc.close or req is None:
             self.keep_alive = False
-            self.inbuf = b""
+            self.framer.buf = b""
             self.linger = True  # where the next request starts is unknown: read no more
         else:
             self.keep_alive = req.keep_alive and not self.server.draining and not self.eof
         self.req = req
-        self.status = exc.status
-        head_only = (req.method if req is not None else exc.method) == "HEAD"
-        self._send_bytes(
-            http.error_response(
-                exc.status, self.server.date.value, self.keep_alive, head_only, exc.headers
-            )
-        )
-
-    def _send_bytes(self, data: bytes) -> None:
-        self.out = data
-        self.res = None
-        self._to(SEND_HEAD)
-        self._send_head()
+        self._start(respond.error(exc, req, self.server.date.value, self.keep_alive))
 
     # -- sending -------------------------------------------------------------------------
 
-    def _send(self) -> None:
-        state = self.state
-        if state is SEND_FILE:
-            self._send_file()
-        elif state is SEND_BUFFER:
-            self._send_body()
-        else:
-            self._send_head()
+    def _start(self, reply: respond.Reply) -> None:
+        self.status = reply.status
+        self.out = reply.head
+        res = self.res = reply.res
+        if res is None:
+            self._to(SEND_HEAD)
+            self._send_head(EPOLLOUT)
+            return
+        self.pos = reply.start
+        self.stop = reply.stop
+        self.sent = 0
+        server = self.server
+        if reply.way is respond.SENDFILE:
+            # A long transfer: only full segments until the end (nginx's tcp_nopush),
+            # instead of a short one at the end of every sendfile call.
+            if reply.stop - reply.start >= transfer.CORK_ABOVE:
+                self.corked = transfer.cork(self.sock, True)
+            self._to(SEND_HEAD)
+            self._send_head(EPOLLOUT)
+            return
+        self._to(AIO_WAIT)
+        self.body = DynamicBody(
+            server.aio, self, res.fd, reply.start, reply.stop, server.config.aio_depth
+        )
+        if not res.direct:
+            # A buffered read is done when io_submit returns: answer now, not a loop
+            # turn and an eventfd read later.
+            server.aio.reap_now()
 
     def _block(self) -> None:
         """The socket is full: wait for EPOLLOUT, and for at most send_timeout."""
         self._want(EPOLLOUT)
         self.deadline = self.server.loop.now + self.server.config.send_timeout
 
-    def _send_head(self) -> None:
-        out = self.out
-        sock = self.sock
-        # A file follows: let the head wait for its first bytes (one segment, no Nagle).
-        flags = MSG_MORE if self.res is not None else 0
-        while out:
-            try:
-                n = sock.send(out, flags)
-            except BlockingIOError:
-                self.out = out
-                self._block()
-                return
-            except OSError as exc:
-                self._abort(f"send failed: {exc}")
-                return
-            out = out[n:]
-        self.out = b""
-        if self.res is None:
-            self._finish()
+    def _send_head(self, events: int) -> None:
+        try:
+            self.out = transfer.send_bytes(self.sock, self.out, self.res is not None)
+        except transfer.TransferFailed as exc:
+            self._abort(str(exc))
             return
-        self._to(SEND_FILE)
-        self._send_file()
+        if self.out:
+            self._block()
+        elif self.res is None:
+            self._finish()
+        else:
+            self._to(SEND_FILE)
+            self._send_file(EPOLLOUT)
 
-    def _send_file(self) -> None:
+    def _send_file(self, events: int) -> None:
         res = self.res
         assert res is not None
-        budget = self.server.config.sendfile_chunk
-        fd, in_fd, pos, stop = self.fd, res.fd, self.pos, self.stop
-        sendfile = os.sendfile
-        while pos < stop:
-            try:
-                n = sendfile(fd, in_fd, pos, min(stop - pos, budget))
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self.pos = pos
-                self._abort(f"sendfile failed: {exc}")
-                return
-            if n == 0:
-                self.pos = pos
-                res.checked = float("-inf")  # the next request re-checks the file at once
-                self._abort("file shrank during the transfer")
-                return
-            pos += n
-            budget -= n
-            if budget <= 0:
-                break  # level-triggered EPOLLOUT brings us back next turn
-        self.sent += pos - self.pos
-        self.pos = pos
-        if pos < stop:
-            self._block()
+        start = self.pos
+        try:
+            pos = transfer.sendfile(
+                self.fd, res.fd, start, self.stop, self.server.config.sendfile_chunk
+            )
+        except transfer.TransferFailed as exc:
+            self._failed_transfer(exc)
             return
-        self._finish()
+        self.sent += pos - start
+        self.pos = pos
+        if pos < self.stop:
+            self._block()
+        else:
+            self._finish()
 
     def on_body_ready(self) -> None:
         """The AIO read the response is waiting for has completed."""
         if self.state is AIO_WAIT:
             self._to(SEND_BUFFER)
-            self._send_body()
+            self._send_buffers(EPOLLOUT)
 
-    def _send_body(self) -> None:
+    def _send_buffers(self, events: int) -> None:
         body = self.body
         assert body is not None
-        sock = self.sock
-        budget = self.server.config.sendfile_chunk
-        while True:
-            try:
-                view = body.view()
-            except (OSError, FileChanged) as exc:
-                if self.res is not None:
-                    self.res.checked = float("-inf")  # the next request re-checks the file
-                self._abort(f"reading the file failed: {exc}")
-                return
-            if view is None:
-                self._to(AIO_WAIT)
-                self.deadline = None  # the disk is ours to wait for, not the client's fault
-                self._want(0 if self.eof or len(self.inbuf) >= READ_AHEAD_LIMIT else EPOLLIN)
-                return
-            out = self.out
-            try:
-                n = sock.sendmsg([out, view]) if out else sock.send(view)
-            except BlockingIOError:
-                view.release()
-                self._block()
-                return
-            except OSError as exc:
-                # The buffers go back to the pool now: no view of them may outlive that.
-                view.release()
-                self._abort(f"send failed: {exc}")
-                return
-            if out:
-                if n < len(out):
-                    self.out = out[n:]
-                    continue
-                self.out = b""
-                n -= len(out)
-            view.release()
-            self.sent += n
-            budget -= n
-            if body.advance(n):
-                self._finish()
-                return
-            if budget <= 0:
-                self._block()
-                return
+        try:
+            outcome, self.out, sent = transfer.send_buffers(
+                self.sock, body, self.out, self.server.config.sendfile_chunk
+            )
+        except transfer.TransferFailed as exc:
+            self._failed_transfer(exc)
+            return
+        self.sent += sent
+        if outcome is transfer.DONE:
+            self._finish()
+        elif outcome is transfer.BLOCKED:
+            self._block()
+        else:
+            self._to(AIO_WAIT)
+            self.deadline = None  # the disk is ours to wait for, not the client's fault
+            self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
+
+    def _failed_transfer(self, exc: transfer.TransferFailed) -> None:
+        if exc.file_changed and self.res is not None:
+            self.res.checked = float("-inf")  # the next request re-checks the file at once
+        self._abort(str(exc))
 
     # -- ending a response ---------------------------------------------------------------
 
@@ -634,14 +431,13 @@ class Connection:
         self._to(DONE)
         if self.corked:
             self.corked = False
-            with contextlib.suppress(OSError):  # push the last partial segment now
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+            transfer.uncork(self.sock)
         self._release_body()
         server = self.server
         if server.access_log is not None:
             server.log_access(self)
         if not self.keep_alive or server.draining:
-            if (self.inbuf or self.linger) and not self.eof:
+            if (self.framer.buf or self.linger) and not self.eof:
                 self._start_linger()
             else:
                 self.close()
@@ -651,14 +447,14 @@ class Connection:
         if self.mask != EPOLLIN:
             self._want(EPOLLIN)
         self.deadline = server.loop.now + server.config.keepalive_timeout
-        if self.inbuf:
+        if self.framer.buf:
             self._process()
 
     def _start_linger(self) -> None:
         """Close gently: a close with unread bytes would reset the connection and
         could destroy the response before the client reads it (nginx's lingering_close)."""
         self._to(LINGER)
-        self.inbuf = b""
+        self.framer.buf = b""
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -667,7 +463,7 @@ class Connection:
         self._want(EPOLLIN)
         self.deadline = self.server.loop.now + LINGER_TIMEOUT
 
-    def _linger(self) -> None:
+    def _linger(self, events: int) -> None:
         for _ in range(4):
             data = self._recv()
             if data is None:
@@ -683,7 +479,7 @@ class Connection:
     def close(self) -> None:
         if self.state is CLOSED:
             return
-        self.state = CLOSED
+        self._to(CLOSED)
         self.deadline = None
         self._release_body()
         server = self.server
@@ -691,7 +487,19 @@ class Connection:
         self.sock.close()
         server.closed(self)
 
-    @property
-    def idle(self) -> bool:
-        """Between requests with nothing buffered: safe to close when draining."""
-        return self.state is READ_HEAD and not self.inbuf
+    def _ignore(self, events: int) -> None:
+        """DONE and CLOSED never wait for an event; a stale one is dropped."""
+
+
+# What a readiness event means in each state (the loop's only entry into a connection).
+ON_EVENT: dict[State, Callable[[Connection, int], None]] = {
+    READ_HEAD: Connection._on_readable,
+    READ_BODY: Connection._on_body_readable,
+    SEND_HEAD: Connection._send_head,
+    SEND_FILE: Connection._send_file,
+    AIO_WAIT: Connection._read_ahead,
+    SEND_BUFFER: Connection._send_buffers,
+    DONE: Connection._ignore,
+    LINGER: Connection._linger,
+    CLOSED: Connection._ignore,
+}

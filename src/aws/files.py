@@ -32,7 +32,7 @@ import stat
 from collections.abc import Callable
 
 import aiobind
-from aws import http
+from aws import heads, http
 from aws.mime import content_type
 
 log = logging.getLogger("aws.files")
@@ -74,7 +74,7 @@ class Resource:
         self.mtime = int(st.st_mtime)
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.etag = b'"%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_size)
-        self.last_modified = http.http_date(st.st_mtime)
+        self.last_modified = heads.http_date(st.st_mtime)
         self.content_type = content_type(name)
         self.direct = direct
         self.checked = now
@@ -96,8 +96,8 @@ class Resource:
         if date is not self._date:
             fields = [*self.fields(), (b"Content-Length", b"%d" % self.size)]
             self._heads = (
-                http.build_head(200, date, False, fields),
-                http.build_head(200, date, True, fields),
+                heads.build_head(200, date, False, fields),
+                heads.build_head(200, date, True, fields),
             )
             self._date = date
         return self._heads[keep_alive]
@@ -131,10 +131,12 @@ class FileCache:
         on_buffered: Callable[[str], None] | None = None,
         directio: int = 0,
         symlinks: str = "root",
+        way: str = "",
     ) -> None:
         if symlinks not in SYMLINK_POLICIES:
             raise ValueError(f"symlinks must be one of {SYMLINK_POLICIES}, not {symlinks!r}")
         self.directory = os.path.join(root, prefix)
+        self.way = way  # how bodies from this folder leave (respond.SENDFILE or AIO)
         self.direct = direct
         # Like nginx's ``directio``: files smaller than this are read through the page
         # cache, where a hot small file costs a copy instead of a trip to the device.

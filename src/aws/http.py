@@ -1,4 +1,4 @@
-"""HTTP/1.1 request parsing (RFC 9112) and response heads: bytes in, bytes out.
+"""HTTP/1.1 requests (RFC 9112): framing a byte stream into heads, and parsing them.
 
 The parser is strict on purpose: anything that could be read two ways by two parsers
 (whitespace before a colon, obs-fold, bare CR, duplicate framing headers) is refused,
@@ -9,40 +9,19 @@ It knows nothing of sockets or files.
 from __future__ import annotations
 
 import re
-from email.utils import formatdate
-from time import time
 from urllib.parse import unquote_to_bytes
+
+from aws.heads import REASONS
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_FIELDS = 100
 MAX_DISCARDED_BODY = 1024 * 1024
 
-SERVER = b"aws"
 SERVED_METHODS = frozenset({"GET", "HEAD"})
 ALLOW = b"GET, HEAD, OPTIONS"
 KNOWN_METHODS = frozenset({"POST", "PUT", "DELETE", "CONNECT", "TRACE", "PATCH"})
 
-REASONS: dict[int, str] = {
-    200: "OK",
-    206: "Partial Content",
-    301: "Moved Permanently",
-    304: "Not Modified",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    412: "Precondition Failed",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    416: "Range Not Satisfiable",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    503: "Service Unavailable",
-    505: "HTTP Version Not Supported",
-}
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # OWS field-value OWS (RFC 9112 5, RFC 9110 5.5) is exactly a run of SP, HTAB, VCHAR and
@@ -97,6 +76,7 @@ class HttpError(Exception):
         close: bool = False,
         headers: tuple[tuple[bytes, bytes], ...] = (),
         method: str | None = None,
+        request: Request | None = None,
     ) -> None:
         super().__init__(f"{status} {REASONS.get(status, '')}: {detail}")
         self.status = status
@@ -104,6 +84,7 @@ class HttpError(Exception):
         self.close = close
         self.headers = headers
         self.method = method
+        self.request = request  # the parsed head, when the error is about its body
 
 
 class Request:
@@ -418,69 +399,85 @@ def decode_path(path: bytes) -> list[bytes]:
 # -- responses ---------------------------------------------------------------------------
 
 
-class DateCache:
-    """The ``Date`` value, formatted at most once a second (RFC 9110 IMF-fixdate)."""
+# -- framing: a client's byte stream into requests -----------------------------------------
 
-    __slots__ = ("_second", "value")
+# Parsing is a pure function of the head's bytes and clients repeat their heads (same
+# browser, same crawler, same load generator): remember the last few hundred results.
+# Requests are never mutated after parsing, so sharing one is safe.
+PARSE_MEMO_SIZE = 512
+PARSE_MEMO_HEAD = 2048  # longer heads are rare and would make the memo large
+_parsed: dict[bytes, Request] = {}
+
+
+def parse_memoized(head: bytes) -> Request:
+    req = _parsed.get(head)
+    if req is None:
+        req = parse_head(head)
+        if len(head) <= PARSE_MEMO_HEAD:
+            if len(_parsed) >= PARSE_MEMO_SIZE:
+                _parsed.clear()
+            _parsed[head] = req
+    return req
+
+
+class Framer:
+    """Cuts one connection's input into requests, pipelined or in fragments.
+
+    ``buf`` holds what arrived and is not yet a request; ``discard`` counts the bytes of
+    a request body still to come (a GET may carry one: it is read and dropped).
+    """
+
+    __slots__ = ("buf", "discard", "scan")
 
     def __init__(self) -> None:
-        self._second = -1
-        self.value = b""
-        self.refresh()
+        self.buf = b""
+        self.scan = 0  # where to resume looking for the end of a partial head
+        self.discard = 0
 
-    def refresh(self) -> bool:
-        """Update from the clock; True if the value changed."""
-        now = time()
-        second = int(now)
-        if second == self._second:
+    def feed(self, data: bytes) -> None:
+        self.buf = self.buf + data if self.buf else data
+
+    def next_request(self) -> Request | None:
+        """The next complete request, or None until more bytes arrive.
+
+        When the request's body has not all arrived, ``discard`` says how much is still
+        to come; feed it to :meth:`skip_body`. Raises :class:`HttpError` for a head that
+        is malformed or over a limit, or a body over ``MAX_DISCARDED_BODY`` (413).
+        """
+        buf = self.buf
+        if buf[:2] == b"\r\n":
+            buf = self.buf = skip_empty_lines(buf)
+        if not buf:
+            return None
+        end = buf.find(b"\r\n\r\n", self.scan)
+        if 0 <= end < MAX_REQUEST_LINE:
+            end += 4  # a head this short is within every limit
+        else:
+            end = find_head_end(buf, self.scan)
+        if end < 0:
+            self.scan = max(0, len(buf) - 3)
+            return None
+        self.scan = 0
+        rest = self.buf = buf[end:]
+        req = parse_memoized(buf[:end])
+        length = req.content_length
+        if length:
+            if length > MAX_DISCARDED_BODY:
+                raise HttpError(
+                    413, "request body too large", close=True, method=req.method, request=req
+                )
+            if len(rest) < length:
+                self.discard = length - len(rest)
+                self.buf = b""
+            else:
+                self.buf = rest[length:]
+        return req
+
+    def skip_body(self, data: bytes) -> bool:
+        """Drop body bytes; True once the body is gone (what follows it stays in ``buf``)."""
+        n = min(self.discard, len(data))
+        self.discard -= n
+        if self.discard:
             return False
-        self._second = second
-        self.value = formatdate(now, usegmt=True).encode("ascii")
+        self.buf = data[n:]
         return True
-
-
-def http_date(ts: float) -> bytes:
-    return formatdate(ts, usegmt=True).encode("ascii")
-
-
-def status_line(status: int) -> bytes:
-    return b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, "Unknown").encode())
-
-
-def build_head(
-    status: int,
-    date: bytes,
-    keep_alive: bool,
-    fields: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
-) -> bytes:
-    parts = [status_line(status), b"Server: ", SERVER, b"\r\nDate: ", date, b"\r\n"]
-    for name, value in fields:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-    return b"".join(parts)
-
-
-def error_body(status: int, detail: str = "") -> bytes:
-    reason = REASONS.get(status, "Error")
-    return (
-        f"<!DOCTYPE html>\n<html><head><title>{status} {reason}</title></head>"
-        f"<body><h1>{status} {reason}</h1></body></html>\n"
-    ).encode()
-
-
-def error_response(
-    status: int,
-    date: bytes,
-    keep_alive: bool,
-    head_only: bool = False,
-    extra: tuple[tuple[bytes, bytes], ...] = (),
-) -> bytes:
-    """Head and small HTML body of an error, ready to send in one call."""
-    body = error_body(status)
-    fields = [
-        (b"Content-Type", b"text/html; charset=utf-8"),
-        (b"Content-Length", str(len(body)).encode()),
-        *extra,
-    ]
-    head = build_head(status, date, keep_alive, fields)
-    return head if head_only else head + body

@@ -15,12 +15,13 @@ import socket
 import time
 from typing import TextIO
 
-from aws import http
+from aws import heads
 from aws.aio import AioReader
 from aws.config import Config
 from aws.connection import Connection
 from aws.files import FileCache
 from aws.loop import EPOLLIN, Loop
+from aws.respond import AIO, SENDFILE
 
 log = logging.getLogger("aws.server")
 
@@ -35,7 +36,7 @@ class Server:
         self.config = config
         self.loop = loop
         self.listener: socket.socket | None = listener
-        self.date = http.DateCache()
+        self.date = heads.DateCache()
         self.conns: set[Connection] = set()
         self.draining = False
         self.accept_paused = False
@@ -55,6 +56,7 @@ class Server:
             max_entries=cached,
             valid=config.open_file_valid,
             symlinks=config.symlinks,
+            way=SENDFILE,
         )
         self.dynamic = FileCache(
             root,
@@ -65,8 +67,12 @@ class Server:
             on_buffered=self._buffered_once,
             directio=config.directio,
             symlinks=config.symlinks,
+            way=AIO,
         )
-        self.caches = {b"static": self.static, b"dynamic": self.dynamic}
+        self.caches: dict[bytes | None, FileCache] = {
+            b"static": self.static,
+            b"dynamic": self.dynamic,
+        }
         self.aio = AioReader(
             loop, config.aio_maxevents, config.aio_chunk, keep_buffers=4 * config.aio_depth
         )

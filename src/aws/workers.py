@@ -141,6 +141,11 @@ class Supervisor:
                 if other is not slot:
                     other.listener.close()
             worker_process(slot.index, slot.cpu, slot.listener, self.config)
+        if slot.cpu is not None:
+            # The child pins itself too; doing it here as well means that once fork has
+            # returned, nobody (ps, taskset -p, a test) can see the worker unpinned.
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, {slot.cpu})
         slot.pid = pid
         slot.started = time.monotonic()
         slot.restart_at = None

@@ -1,0 +1,105 @@
+"""Deciding a response: from a parsed request and the open-file caches to a :class:`Reply`.
+
+Pure: no socket here, and nothing is sent. A reply is a status, the head's bytes, and
+a body that is nothing (the head is the whole response), or a byte range of an open
+file together with the way it leaves (:data:`SENDFILE` for ``/static/``, :data:`AIO`
+for ``/dynamic/``). :mod:`aws.transfer` moves the bytes; :mod:`aws.connection` drives
+the two. This is nginx's split of its static handler from its send chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import quote_from_bytes
+
+from aws import heads
+from aws.conditions import evaluate
+from aws.files import FileCache, Redirect, Resource
+from aws.http import ALLOW, HttpError, Request
+
+SENDFILE = "sendfile"  # zero-copy from the page cache
+AIO = "aio"  # io_submit into aligned buffers, then send
+
+_EMPTY = ((b"Content-Length", b"0"),)
+
+
+class Reply:
+    """What to send. ``res`` is None when ``head`` is the whole response; otherwise the
+    body is ``res``'s bytes ``[start, stop)``, sent by ``way``. The reply holds one
+    reference to ``res``: whoever ends the transfer calls ``res.release()``."""
+
+    __slots__ = ("head", "res", "start", "status", "stop", "way")
+
+    def __init__(
+        self,
+        status: int,
+        head: bytes,
+        res: Resource | None = None,
+        start: int = 0,
+        stop: int = 0,
+        way: str = "",
+    ) -> None:
+        self.status = status
+        self.head = head
+        self.res = res
+        self.start = start
+        self.stop = stop
+        self.way = way
+
+
+def answer(
+    req: Request, caches: Mapping[bytes | None, FileCache], now: float, date: bytes, keep: bool
+) -> Reply:
+    """The reply to a request that parsed. Raises :class:`HttpError` (404, 403, 503...)."""
+    segments = req.segments
+    if segments is None or req.method == "OPTIONS":
+        fields = ((b"Allow", ALLOW), *_EMPTY)
+        return Reply(200, heads.build_head(200, date, keep, fields))
+    cache = caches.get(req.prefix)
+    if cache is None:
+        raise HttpError(404, "outside /static/ and /dynamic/")
+    try:
+        if len(segments) == 1:
+            raise Redirect()
+        res = cache.acquire(segments[1:], now, req.key)
+    except Redirect:
+        location = quote_from_bytes(req.path + b"/").encode()
+        fields = ((b"Location", location), *_EMPTY)
+        return Reply(301, heads.build_head(301, date, keep, fields))
+    if not req.conditional:  # the fast path: a plain GET or HEAD of the whole file
+        return _with_body(req, res, cache, 200, res.ok_head(date, keep), 0, res.size)
+    decision = evaluate(req, res)
+    status = decision.status
+    if status == 200:
+        head = res.ok_head(date, keep)
+    elif status == 206:
+        fields = [
+            *res.fields(),
+            (b"Content-Range", b"bytes %d-%d/%d" % (decision.start, decision.end - 1, res.size)),
+            (b"Content-Length", b"%d" % (decision.end - decision.start)),
+        ]
+        head = heads.build_head(206, date, keep, fields)
+    elif status == 304:
+        fields = [(b"Last-Modified", res.last_modified), (b"ETag", res.etag)]
+        head = heads.build_head(304, date, keep, fields)
+    else:
+        extra = ((b"Content-Range", b"bytes */%d" % res.size),) if status == 416 else ()
+        res.release()
+        head_only = req.method == "HEAD"
+        return Reply(status, heads.error_response(status, date, keep, head_only, extra))
+    return _with_body(req, res, cache, status, head, decision.start, decision.end)
+
+
+def _with_body(
+    req: Request, res: Resource, cache: FileCache, status: int, head: bytes, start: int, stop: int
+) -> Reply:
+    if req.method == "HEAD" or status == 304 or start == stop:
+        res.release()
+        return Reply(status, head)
+    return Reply(status, head, res, start, stop, cache.way)
+
+
+def error(exc: HttpError, req: Request | None, date: bytes, keep: bool) -> Reply:
+    """The reply for a request refused with ``exc`` (a HEAD gets the head alone)."""
+    head_only = (req.method if req is not None else exc.method) == "HEAD"
+    return Reply(exc.status, heads.error_response(exc.status, date, keep, head_only, exc.headers))
