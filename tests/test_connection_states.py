@@ -129,7 +129,6 @@ class RecordingConnection(Connection):
         self.trace.append(new)
 
 
-
 class Harness:
     """A real Server and Loop; the test plays the client over a socketpair."""
 
