@@ -35,7 +35,7 @@ lint: $(STAMP)
 
 bench: sysdeps-bench $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) bench/http_bench.py
+	$(PY) -m bench.httpbench
 
 bench-aio: sysdeps $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
