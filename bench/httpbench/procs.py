@@ -1,4 +1,8 @@
-"""Server processes: start one pinned to its CPU, wait until it answers, always stop it."""
+"""Server processes: start one pinned to its CPU, wait until it answers, always stop it.
+
+aws starts and stops through tests/harness.py, like it does in the tests and the soak; the
+other servers are spawned here (they print no listening line) and stopped by the harness.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from tests import harness
 
 from . import REPO_DIR
 from .servers import Context, ServerError, ServerSpec
@@ -23,6 +30,39 @@ STOP_TIMEOUT_S = 5.0
 _LIVE: list[subprocess.Popen[bytes]] = []
 
 
+@dataclass(frozen=True)
+class Launched:
+    """A started server: the leader of its own process group, its port, what it printed."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    output: Callable[[], str]
+
+
+def launch(ctx: Context, spec: ServerSpec) -> Launched:
+    """Start the server pinned to CPU 0: aws through tests/harness.py, the others here."""
+    env = {**os.environ, **spec.env(ctx)}
+    if spec.announces:
+        # Port 0 and the listening line: no window in which another process takes the port.
+        argv = ["taskset", "-c", SERVER_CPU, *spec.argv(ctx, 0)]
+        try:
+            run = harness.start(argv, cwd=REPO_DIR, env=env, timeout=READY_TIMEOUT_S)
+        except harness.StartError as exc:
+            if exc.returncode is None:
+                why = f"no listening line after {READY_TIMEOUT_S:.0f}s"
+            else:
+                why = f"exited with {exc.returncode}"
+            raise ServerError(f"{why}: {log_tail(exc.output)}") from None
+        _LIVE.append(run.proc)
+        return Launched(run.proc, run.port, run.log)
+    port = free_port()
+    ctx.log_seq += 1
+    log = ctx.tmp / "logs" / f"{ctx.log_seq:03d}-{spec.name}.log"
+    log.parent.mkdir(exist_ok=True)
+    proc = spawn(["taskset", "-c", SERVER_CPU, *spec.argv(ctx, port)], log, env)
+    return Launched(proc, port, lambda: read_log(log))
+
+
 def spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start a server in its own session so one killpg reaps it and all its children."""
     with log.open("wb") as out:
@@ -31,7 +71,7 @@ def spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[b
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
+            env=env,
             cwd=REPO_DIR,
             start_new_session=True,
         )
@@ -40,19 +80,15 @@ def spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[b
 
 
 def stop(proc: subprocess.Popen[bytes]) -> int | None:
-    """SIGTERM the server itself (tests graceful exit), then SIGKILL its whole group."""
-    code: int | None = None
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        code = proc.wait(timeout=STOP_TIMEOUT_S)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT_S)
+    """SIGTERM the server itself (tests graceful exit), then SIGKILL its whole group.
+
+    Returns the exit code, or None if SIGTERM was not enough within STOP_TIMEOUT_S.
+    """
+    code = harness.stop(proc, STOP_TIMEOUT_S)
     if proc in _LIVE:
         _LIVE.remove(proc)
-    return code
+    # The harness sends SIGKILL only once the timeout has run out.
+    return None if code == -signal.SIGKILL else code
 
 
 def stop_all() -> None:
@@ -68,12 +104,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def log_tail(log: Path, limit: int = 400) -> str:
-    """Last lines of a server log squeezed onto one table-safe line."""
+def read_log(log: Path) -> str:
+    """A spawned server's log file so far."""
     try:
-        text = log.read_text(errors="replace").strip()
+        return log.read_text(errors="replace")
     except OSError:
         return "(no log)"
+
+
+def log_tail(text: str, limit: int = 400) -> str:
+    """Last lines of a server's output squeezed onto one table-safe line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()][-6:]
     tail = " / ".join(lines)[-limit:]
     return tail.replace("|", "\\|") or "(empty log)"
@@ -98,45 +138,40 @@ def probe(port: int) -> int | None:
         conn.close()
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    """Block until the server answers 200 on the small file, or fail with its stderr tail."""
+def wait_ready(srv: Launched) -> None:
+    """Block until the server answers 200 on the small file, or fail with its output's tail."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     last: int | None = None
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServerError(f"exited with {proc.returncode}: {log_tail(log)}")
-        last = probe(port)
+        if srv.proc.poll() is not None:
+            raise ServerError(f"exited with {srv.proc.returncode}: {log_tail(srv.output())}")
+        last = probe(srv.port)
         if last == 200:
             return
         time.sleep(0.05)
     got = "no answer" if last is None else f"HTTP {last}"
-    raise ServerError(f"not ready after {READY_TIMEOUT_S:.0f}s ({got}): {log_tail(log)}")
+    raise ServerError(f"not ready after {READY_TIMEOUT_S:.0f}s ({got}): {log_tail(srv.output())}")
 
 
 @contextlib.contextmanager
 def running(ctx: Context, spec: ServerSpec) -> Iterator[tuple[int, int]]:
     """Start the server pinned to CPU 0 on a fresh port, yield (port, pgid), always stop it."""
-    port = free_port()
-    ctx.log_seq += 1
-    log = ctx.tmp / "logs" / f"{ctx.log_seq:03d}-{spec.name}.log"
-    log.parent.mkdir(exist_ok=True)
-    argv = ["taskset", "-c", SERVER_CPU, *spec.argv(ctx, port)]
-    proc = spawn(argv, log, spec.env(ctx))
+    srv = launch(ctx, spec)
     try:
-        wait_ready(proc, port, log)
-        yield port, proc.pid
+        wait_ready(srv)
+        yield srv.port, srv.proc.pid
     finally:
-        was_alive = proc.poll() is None
-        code = stop(proc)
+        was_alive = srv.proc.poll() is None
+        code = stop(srv.proc)
         if spec.name == "aws" and was_alive:
-            note_shutdown(ctx, code, log)
+            note_shutdown(ctx, code, srv.output())
 
 
-def note_shutdown(ctx: Context, code: int | None, log: Path) -> None:
+def note_shutdown(ctx: Context, code: int | None, output: str) -> None:
     """aws must exit 0 on SIGTERM; record (once) when it did not, since deploys rely on it."""
     if code == 0:
         return
     what = "did not exit within" if code is None else f"exited with {code} within"
     note = f"aws {what} {STOP_TIMEOUT_S:.0f} s of SIGTERM (expected exit 0)"
     if not any(n.startswith(note) for n in ctx.notes):
-        ctx.notes.append(f"{note}: {log_tail(log)}")
+        ctx.notes.append(f"{note}: {log_tail(output)}")

@@ -28,13 +28,18 @@ class Context:
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """How to launch one server; `modules` are imports it needs (Python peers only)."""
+    """How to launch one server; `modules` are imports it needs (Python peers only).
+
+    `announces`: it prints the "listening on http://HOST:PORT" line tests/harness.py waits
+    for, so it is started through the harness on port 0 (aws).
+    """
 
     name: str
     python_peer: bool
     modules: tuple[str, ...]
     argv: Callable[[Context, int], list[str]]
     env: Callable[[Context], dict[str, str]] = field(default=lambda ctx: {})
+    announces: bool = False
 
 
 class ServerError(Exception):
@@ -95,8 +100,12 @@ def aws_env(ctx: Context) -> dict[str, str]:
 
 
 def aws_argv(ctx: Context, port: int) -> list[str]:
-    """The server under test, exactly as deployed but with a single worker."""
-    opts = f"--host 127.0.0.1 --port {port} --workers 1 --log-level warning".split()
+    """The server under test, exactly as deployed but with a single worker.
+
+    Log level info, because the listening line the harness waits for is an info line; aws
+    logs nothing per request at that level, only failures and start/stop.
+    """
+    opts = f"--host 127.0.0.1 --port {port} --workers 1 --log-level info".split()
     return [sys.executable, "-m", "aws", *opts, "--root", str(ctx.root)]
 
 
@@ -126,7 +135,9 @@ def uvicorn_env(ctx: Context) -> dict[str, str]:
 
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec(name="nginx", python_peer=False, modules=(), argv=nginx_argv),
-    ServerSpec(name="aws", python_peer=False, modules=(), argv=aws_argv, env=aws_env),
+    ServerSpec(
+        name="aws", python_peer=False, modules=(), argv=aws_argv, env=aws_env, announces=True
+    ),
     ServerSpec(
         name="http.server", python_peer=True, modules=("http.server",), argv=http_server_argv
     ),
