@@ -4,44 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import shutil
-import subprocess
 import sys
 import urllib.request
-from collections.abc import Sequence
 
 from .procs import run_cmd, running
 from .servers import Context, ServerError, ServerSpec, missing_modules
 
 INSTALL_HINT = "pip install -e '.[bench]'"
-APT_HINT = "apt-get update && apt-get install -y wrk nginx-light"
-
-
-def apt_install(packages: Sequence[str]) -> bool:
-    """Install Debian packages, refreshing the index once if the first try fails."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", *packages]
-    print(f"preflight: {' '.join(cmd)}")
-    if subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL).returncode == 0:
-        return True
-    print("preflight: install failed, running apt-get update first")
-    subprocess.run(["apt-get", "update"], env=env, check=False, stdout=subprocess.DEVNULL)
-    return subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL).returncode == 0
+# Installing them is the Makefile's job (sysdeps-bench); keep the names in step with it.
+DEBIAN_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "taskset": "util-linux"}
 
 
 def ensure_tools() -> None:
-    """wrk, nginx and taskset are required; install them as root, else tell how and exit."""
-    missing = [tool for tool in ("wrk", "nginx", "taskset") if shutil.which(tool) is None]
+    """wrk, nginx and taskset are required; if one is missing, say how to get it and exit 1."""
+    missing = [tool for tool in DEBIAN_PACKAGES if shutil.which(tool) is None]
     if not missing:
         return
-    if os.geteuid() != 0:
-        print(f"missing {', '.join(missing)}; install with (as root):\n  {APT_HINT}")
-        sys.exit(1)
-    packages = {"wrk": "wrk", "nginx": "nginx-light", "taskset": "util-linux"}
-    if not apt_install([packages[tool] for tool in missing]):
-        print(f"could not install {', '.join(missing)}; try:\n  {APT_HINT}")
-        sys.exit(1)
+    packages = " ".join(DEBIAN_PACKAGES[tool] for tool in missing)
+    print(
+        f"missing {', '.join(missing)}; install with `make sysdeps-bench` (as root), or:\n"
+        f"  sudo apt-get update && sudo apt-get install -y {packages}",
+        file=sys.stderr,
+    )
+    sys.exit(1)
 
 
 def nginx_has_threads() -> bool:
@@ -53,10 +39,6 @@ def choose_nginx_aio() -> tuple[str, str | None]:
     """Prefer `aio threads` (what aws is measured against); fall back to `aio on` loudly."""
     if nginx_has_threads():
         return "threads", None
-    if os.geteuid() == 0:
-        for pkg in ("nginx", "nginx-core"):
-            if apt_install([pkg]) and nginx_has_threads():
-                return "threads", f"installed Debian package `{pkg}` to get `aio threads`"
     return "on", (
         "nginx in use is not built --with-threads: /dynamic/ uses `aio on` "
         "instead of `aio threads`, so dynamic rows are not the intended baseline"
