@@ -61,7 +61,9 @@ def run_rounds(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """CLI; --quick overrides rounds/duration for a smoke test."""
     names = [s.name for s in SERVERS]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # Python 3.11 names `python -m` runs after the file, which would read `__main__.py`.
+    prog = "python -m bench.httpbench" if Path(sys.argv[0]).name == "__main__.py" else None
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds (>= 3 for real runs)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.md")
