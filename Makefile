@@ -15,7 +15,7 @@ sysdeps-test: sysdeps
 	@./scripts/need-debian-packages.sh wget:wget curl:curl
 
 sysdeps-bench: sysdeps
-	@./scripts/need-debian-packages.sh wrk:wrk nginx-light:nginx
+	@./scripts/need-debian-packages.sh wrk:wrk nginx-light:nginx util-linux:taskset
 
 $(STAMP): pyproject.toml setup.py src/aiobind/_ffi_build.py | sysdeps
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ lint: $(STAMP)
 
 bench: sysdeps-bench $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
-	$(PY) bench/http_bench.py
+	$(PY) -m bench.httpbench
 
 bench-aio: sysdeps $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'

@@ -35,7 +35,8 @@ How each peer is driven (the lowest-overhead fair way found in its source):
 
 Usage: python bench/aio_bench.py [--seconds 1.0] [--rounds 3] [--out bench/aio_results.md]
 Peers are bench-only dependencies: ``pip install libaio caio``. A missing peer is reported
-and skipped; the rest still runs.
+and skipped; the rest still runs. aiobind itself is the installed one (``make bench-aio``
+or ``pip install -e .``): with the src layout the checkout cannot stand in for it.
 """
 
 from __future__ import annotations
@@ -59,12 +60,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
-if str(REPO_DIR) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(REPO_DIR))
+from aiobind import O_DIRECT, AlignedBuffer, Context, Read
 
-from aiobind import O_DIRECT, AlignedBuffer, Context, Read  # noqa: E402
+BENCH_DIR = Path(__file__).resolve().parent
 
 KIB = 1024
 MIB = 1024 * KIB

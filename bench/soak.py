@@ -22,11 +22,9 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,9 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # as a script, sys.path[0] is bench/ and tests/ is not importable
+    sys.path.insert(0, str(REPO))
+
+from tests import harness  # noqa: E402
+
 SIZES = {"small.txt": 1024, "mid.bin": 256 * 1024, "big.bin": 16 * 1024 * 1024}
 RSS_GROWTH_LIMIT_KIB = 4 * 1024  # after warm-up, allowing for allocator noise
-_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+STOP_TIMEOUT_S = 40.0  # SIGTERM drains: slow readers may still be mid-transfer
+LOG_LINES_KEPT = 10_000  # the harness keeps every line; vanishing clients log one each
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -56,45 +60,21 @@ def make_root(parent: str) -> tuple[Path, dict[str, bytes]]:
     return root, contents
 
 
-class Server:
-    def __init__(self, root: Path, extra: list[str]) -> None:
-        cmd = [sys.executable, "-m", "aws", "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--root", str(root), "--workers", "1", "--log-level", "info", *extra]
-        env = dict(os.environ)
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.port = 0
-        ready = threading.Event()
-        threading.Thread(target=self._drain, args=(ready,), daemon=True).start()
-        if not ready.wait(20) or not self.port:
-            self.stop()
-            raise SystemExit("aws did not start:\n" + "".join(self.lines[-20:]))
-        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        self.worker = int(kids[0])
+def start_server(root: Path, extra: list[str]) -> harness.Running:
+    """One worker at info level (the harness waits for its listening line)."""
+    cmd = [sys.executable, "-m", "aws", "--root", str(root), "--workers", "1"]
+    cmd += ["--log-level", "info", *extra]
+    try:
+        return harness.start(cmd)
+    except harness.StartError as exc:
+        tail = "".join(exc.output.splitlines(keepends=True)[-20:])
+        raise SystemExit("aws did not start:\n" + tail) from None
 
-    def _drain(self, ready: threading.Event) -> None:
-        assert self.proc.stderr is not None
-        for raw in iter(self.proc.stderr.readline, b""):
-            line = raw.decode("utf-8", "replace")
-            if len(self.lines) < 10_000:
-                self.lines.append(line)
-            if not self.port and (m := _LISTENING.search(line)):
-                self.port = int(m.group(2))
-                ready.set()
-        ready.set()
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+def worker_pid(server: harness.Running) -> int:
+    """With one worker the supervisor has exactly one child, the process that serves."""
+    pid = server.proc.pid
+    return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
 
 
 def rss_kib(pid: int) -> int:
@@ -298,8 +278,8 @@ def main() -> int:
     root, contents = make_root(args.root_dir)
     server = None
     try:
-        server = Server(root, ["--send-timeout", "20"])
-        pid = server.worker
+        server = start_server(root, ["--send-timeout", "20"])
+        pid = worker_pid(server)
         for path in contents:  # the open-file cache keeps one descriptor per file served
             with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
                 s.sendall(request(path, close=True))
@@ -333,13 +313,14 @@ def main() -> int:
                 flush=True,
             )
             last_ok = s.ok
+            del server.log_lines[:-LOG_LINES_KEPT]
         load.stop.set()
         for t in threads:
             t.join(30)
         time.sleep(2.0)  # let the last transfers end and the sweep close what is idle
         idle_fds_after = fd_count(pid)
         rss_after = rss_kib(pid)
-        exit_code = server.stop()
+        exit_code = harness.stop(server, STOP_TIMEOUT_S)
         server = None
 
         warm = [(t, v) for t, v in rss if t > args.warmup]
@@ -383,7 +364,7 @@ def main() -> int:
         return 0 if not (grew or leaked_fds or s.errors or exit_code) else 1
     finally:
         if server is not None:
-            server.stop()
+            harness.stop(server, STOP_TIMEOUT_S)
         shutil.rmtree(root, ignore_errors=True)
 
 

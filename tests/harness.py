@@ -23,6 +23,16 @@ from pathlib import Path
 LISTENING = re.compile(r"listening on http://([\d.:\[\]a-f]+?):(\d+)")
 
 
+class StartError(RuntimeError):
+    """The server never printed its listening line; ``returncode`` is None if it was still
+    running (and has been killed) when the wait ran out."""
+
+    def __init__(self, output: str, returncode: int | None) -> None:
+        super().__init__("server did not start:\n" + output)
+        self.output = output
+        self.returncode = returncode
+
+
 @dataclass
 class Running:
     """A started server: its process, where it listens, and everything it logged."""
@@ -90,7 +100,10 @@ def start(
     stdout: int | None = subprocess.DEVNULL,
     timeout: float = 20.0,
 ) -> Running:
-    """Run ``argv`` (``python -m aws ...`` or the ``aws`` script) and wait until it listens."""
+    """Run ``argv`` (``python -m aws ...`` or the ``aws`` script) and wait until it listens.
+
+    Raises :class:`StartError` (a RuntimeError) with what it printed if it never does.
+    """
     proc = subprocess.Popen(
         _with_defaults(argv),
         cwd=cwd,
@@ -105,9 +118,18 @@ def start(
     ready = threading.Event()
     found: list[str] = []
     threading.Thread(target=_pump, args=(proc.stderr, lines, ready, found), daemon=True).start()
-    if not ready.wait(timeout) or not found:
+    try:
+        ready.wait(timeout)
+    except BaseException:
+        kill_group(proc)  # a Ctrl-C while waiting must not leave a server in its own session
+        raise
+    if len(found) < 2:
+        if ready.is_set():  # its stderr closed: it is exiting, so let its exit code arrive
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(1)
+        exited = proc.poll()
         kill_group(proc)
-        raise RuntimeError("server did not start:\n" + "".join(lines))
+        raise StartError("".join(lines), exited)
     host = found[0].strip("[]")
     return Running(proc, host, int(found[1]), lines)
 

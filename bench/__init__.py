@@ -1,0 +1,1 @@
+"""Benchmarks and the soak test; a regular package so ``python -m bench.httpbench`` resolves."""

@@ -1,0 +1,109 @@
+"""The wrk scenarios and the random files they fetch (with the digests bodies must match)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SMALL_SIZE = 1024
+LARGE_SIZE = 64 * 1024 * 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One wrk scenario; `bar` is the aws/nginx ratio aws is expected to reach."""
+
+    key: str
+    title: str
+    path: str
+    conns: int
+    close: bool
+    bytes_metric: bool
+    bar: float
+    aws_nginx_only: bool
+
+    @property
+    def unit(self) -> str:
+        """Unit of the headline figure: throughput for big files, rate for small ones."""
+        return "MiB/s" if self.bytes_metric else "req/s"
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        key="ka-1k",
+        title="1 KiB static, keep-alive, c50",
+        path="/static/1k.bin",
+        conns=50,
+        close=False,
+        bytes_metric=False,
+        bar=1.0,
+        aws_nginx_only=False,
+    ),
+    Workload(
+        key="close-1k",
+        title="1 KiB static, Connection: close, c50",
+        path="/static/1k.bin",
+        conns=50,
+        close=True,
+        bytes_metric=False,
+        bar=0.6,
+        aws_nginx_only=False,
+    ),
+    Workload(
+        key="static-64m",
+        title="64 MiB static, c4",
+        path="/static/64m.bin",
+        conns=4,
+        close=False,
+        bytes_metric=True,
+        bar=0.95,
+        aws_nginx_only=False,
+    ),
+    Workload(
+        key="dyn-1k",
+        title="1 KiB /dynamic/, keep-alive, c50",
+        path="/dynamic/1k.bin",
+        conns=50,
+        close=False,
+        bytes_metric=False,
+        bar=0.8,
+        aws_nginx_only=True,
+    ),
+    Workload(
+        key="dyn-64m",
+        title="64 MiB /dynamic/, c4",
+        path="/dynamic/64m.bin",
+        conns=4,
+        close=False,
+        bytes_metric=True,
+        bar=1.0,
+        aws_nginx_only=True,
+    ),
+)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write and fsync so O_DIRECT reads see the data on disk, not dirty pages."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    path.chmod(0o644)
+
+
+def make_root(tmp: Path) -> tuple[Path, dict[str, str]]:
+    """Random 1 KiB and 64 MiB files under static/ and dynamic/, plus their sha256."""
+    root = tmp / "root"
+    digests: dict[str, str] = {}
+    blobs = {"1k.bin": os.urandom(SMALL_SIZE), "64m.bin": os.urandom(LARGE_SIZE)}
+    for tree in ("static", "dynamic"):
+        for name, data in blobs.items():
+            write_file(root / tree / name, data)
+            digests[f"/{tree}/{name}"] = hashlib.sha256(data).hexdigest()
+    for path in (tmp, root, root / "static", root / "dynamic"):
+        path.chmod(0o755)  # nginx workers drop to `nobody` and must read the tree
+    return root, digests
