@@ -13,6 +13,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -365,3 +366,14 @@ def test_request_with_body_states(harness: Harness) -> None:
         "DONE",
         "READ_HEAD",
     ]
+
+
+def test_the_readme_draws_this_table() -> None:
+    """The README's diagram is the table's own drawing (``python -m aws.states``)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- state-machine:begin -->\n```mermaid\n", 1)[1]
+    drawn = block.split("```\n<!-- state-machine:end -->", 1)[0]
+    assert drawn == S.mermaid(), "README diagram is stale: paste `python -m aws.states` there"
+    for state in S.STATES:
+        for nxt, trigger in S.MACHINE[state].items():
+            assert f"{state.name} --> {nxt.name}: {trigger}" in drawn

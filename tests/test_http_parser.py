@@ -993,3 +993,89 @@ def test_evaluate_never_raises(value: bytes, name: bytes) -> None:
     d = evaluate(fake, FakeResource())  # type: ignore[arg-type]
     assert d.status in (200, 206, 304, 412, 416)
     assert 0 <= d.start <= d.end <= 10000
+
+
+# -- framing: the Framer the connections use ------------------------------------------------
+
+PIPELINE = (
+    b"GET /static/a HTTP/1.1\r\nHost: t\r\n\r\n"
+    b"\r\n"  # an empty line before a request line is ignored (RFC 9112 2.2)
+    b"GET /dynamic/b HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+    b"HEAD /static/c HTTP/1.0\r\n\r\n"
+)
+
+
+def _drain(framer: http.Framer) -> list[bytes]:
+    out = []
+    while True:
+        req = framer.next_request()
+        if req is None or framer.discard:
+            if req is not None:
+                out.append(req.target)
+            return out
+        out.append(req.target)
+
+
+def test_framer_cuts_a_pipeline_whole() -> None:
+    framer = http.Framer()
+    framer.feed(PIPELINE)
+    assert _drain(framer) == [b"/static/a", b"/dynamic/b", b"/static/c"]
+    assert framer.buf == b"" and framer.discard == 0
+
+
+def test_framer_byte_by_byte_gives_the_same_requests() -> None:
+    framer = http.Framer()
+    got: list[bytes] = []
+    for i in range(len(PIPELINE)):
+        byte = PIPELINE[i : i + 1]
+        if framer.discard:
+            if framer.skip_body(byte):
+                got += _drain(framer)
+            continue
+        framer.feed(byte)
+        got += _drain(framer)
+    assert got == [b"/static/a", b"/dynamic/b", b"/static/c"]
+
+
+def test_framer_keeps_trailing_bytes_of_the_next_request() -> None:
+    framer = http.Framer()
+    framer.feed(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HT")
+    assert framer.next_request().target == b"/a"  # type: ignore[union-attr]
+    assert framer.next_request() is None
+    assert framer.buf == b"GET /b HT"
+    framer.feed(b"TP/1.1\r\nHost: t\r\n\r\n")
+    assert framer.next_request().target == b"/b"  # type: ignore[union-attr]
+
+
+def test_framer_body_arriving_later_is_skipped_then_the_next_request() -> None:
+    framer = http.Framer()
+    framer.feed(b"GET /a HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nab")
+    req = framer.next_request()
+    assert req is not None and framer.discard == 4 and framer.buf == b""
+    assert not framer.skip_body(b"cd")
+    assert framer.skip_body(b"efGET /n HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert framer.next_request().target == b"/n"  # type: ignore[union-attr]
+
+
+def test_framer_refuses_a_body_over_the_limit_with_the_request() -> None:
+    framer = http.Framer()
+    big = http.MAX_DISCARDED_BODY + 1
+    framer.feed(b"GET /a HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % big)
+    with pytest.raises(http.HttpError) as info:
+        framer.next_request()
+    assert info.value.status == 413 and info.value.close
+    assert info.value.request is not None and info.value.request.target == b"/a"
+
+
+def test_framer_raises_for_a_head_over_the_limits() -> None:
+    framer = http.Framer()
+    framer.feed(b"GET /" + b"a" * http.MAX_REQUEST_LINE)
+    with pytest.raises(http.HttpError) as info:
+        framer.next_request()
+    assert info.value.status == 414
+
+
+def test_parse_memo_is_bounded() -> None:
+    for i in range(http.PARSE_MEMO_SIZE + 10):
+        http.parse_memoized(b"GET /m%d HTTP/1.1\r\nHost: t\r\n\r\n" % i)
+    assert len(http._parsed) <= http.PARSE_MEMO_SIZE
