@@ -122,8 +122,15 @@ class Loop:
                 log.exception("callback %r failed", callback)
         timers = self._timers
         now = self.now
+        if not timers or timers[0][0] > now:
+            return
+        # Only the timers due when the turn began: one that a timer callback schedules for
+        # ``now`` or earlier waits for the next turn, as it would under a moving clock, so a
+        # clock that stands still (a test's) cannot spin this loop forever.
+        due: list[Callable[[], None]] = []
         while timers and timers[0][0] <= now:
-            callback = heapq.heappop(timers)[2]
+            due.append(heapq.heappop(timers)[2])
+        for callback in due:
             try:
                 callback()
             except Exception:
