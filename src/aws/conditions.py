@@ -3,6 +3,9 @@
 Given a request and the file's validators, decide the status and the byte range to
 send. Precedence follows RFC 9110 13.2.2: If-Match, If-Unmodified-Since, If-None-Match,
 If-Modified-Since, then Range (guarded by If-Range).
+
+The file is seen only through its validators (:class:`Validators`), so this module
+imports, and is tested, without the native AIO build that an open ``Resource`` needs.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import calendar
 import re
 import time
 from datetime import datetime
+from typing import Protocol
 
-from aws.files import Resource
 from aws.http import Request
 
 # -- HTTP-date (RFC 9110 5.6.7): a recipient MUST accept all three formats -----------------
@@ -49,6 +52,25 @@ _ETAG_TAGS = re.compile(rb'(W/)?("[^"]*")')
 _RANGE_SPEC = re.compile(rb"([0-9]*)[ \t]*-[ \t]*([0-9]*)")
 _MAX_DIGITS = 18  # longer positions are past the end of any file (and int() has limits)
 _HUGE = 1 << 62
+
+
+class Validators(Protocol):
+    """What the decision needs to know of the file; ``aws.files.Resource`` is one.
+
+    Read-only properties, so a frozen dataclass satisfies it as well as a plain object.
+    """
+
+    @property
+    def size(self) -> int:
+        """Length in bytes."""
+
+    @property
+    def mtime(self) -> int:
+        """Last modification, whole seconds since the epoch (what Last-Modified says)."""
+
+    @property
+    def etag(self) -> bytes:
+        """The strong entity-tag, quotes included: ``b'"..."'``."""
 
 
 class Decision:
@@ -115,7 +137,7 @@ def _weak_match(value: bytes, etag: bytes) -> bool:
     return any(tag == etag for _, tag in _etag_list(value))
 
 
-def evaluate(req: Request, res: Resource) -> Decision:
+def evaluate(req: Request, res: Validators) -> Decision:
     headers = req.headers
     size = res.size
     if_match = headers.get(b"if-match")
@@ -148,7 +170,7 @@ def evaluate(req: Request, res: Resource) -> Decision:
     return _byte_range(rng, size) or Decision(200, 0, size)
 
 
-def _if_range_holds(value: bytes, res: Resource) -> bool:
+def _if_range_holds(value: bytes, res: Validators) -> bool:
     """RFC 9110 13.1.5: a strong entity-tag, or the exact Last-Modified date if that can
     be a strong validator (the file has not been modified in the current second)."""
     if value[:1] == b'"' or value[:2] == b"W/":
