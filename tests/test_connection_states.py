@@ -12,7 +12,7 @@ import itertools
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,8 +133,8 @@ class RecordingConnection(Connection):
 class Harness:
     """A real Server and Loop; the test plays the client over a socketpair."""
 
-    def __init__(self, root: DocRoot) -> None:
-        self.loop = Loop()
+    def __init__(self, root: DocRoot, clock: Callable[[], float] = time.monotonic) -> None:
+        self.loop = Loop(clock=clock)
         # Poll briefly instead of until the next sweep timer: the test pumps the loop itself.
         self.loop._timeout = lambda: 0.002  # type: ignore[method-assign]
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
