@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from tests import harness
 from tests.conftest import REPO, DocRoot, start_server, stop_server
 
 
@@ -129,3 +130,15 @@ def test_a_killed_worker_is_replaced_on_its_cpu(docroot: DocRoot) -> None:
             assert r.content == b"hello\n"
     finally:
         assert stop_server(srv.proc) == 0
+
+
+def test_the_checkout_launcher_serves_the_current_directory(docroot: DocRoot) -> None:
+    """``./aws`` from a checkout is the server itself (exec): it serves where it is started
+    and a SIGTERM to that pid drains it."""
+    srv = harness.start([str(REPO / "aws"), "--workers", "1"], cwd=docroot.path)
+    try:
+        assert Path(f"/proc/{srv.proc.pid}/comm").read_text().strip() == "aws"
+        r = requests.get(srv.url + "/dynamic/hello.txt", timeout=10)
+        assert r.status_code == 200 and r.content == b"hello\n"
+    finally:
+        assert harness.stop(srv) == 0, srv.log()
