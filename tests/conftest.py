@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -26,7 +25,6 @@ from tests.shim import ShimStats, build_shim, read_stats, shim_env
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = [0, 1, 4095, 4096, 4097, 1024 * 1024 + 3, 64 * 1024 * 1024]
-_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,33 +110,18 @@ def shim_so(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_shim(tmp_path_factory.mktemp("shim"))
 
 
-@dataclass
-class ServerProcess:
+@dataclass(kw_only=True)
+class ServerProcess(harness.Running):
     """A running ``python -m aws`` and what a test needs to talk to it."""
 
-    proc: subprocess.Popen[bytes]
-    host: str
-    port: int
     mode: str
     stats_path: Path | None
     root: DocRoot
-    log_lines: list[str]
     workers: int = 2
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        return (self.host, self.port)
 
     def stats(self) -> ShimStats:
         assert self.stats_path is not None
         return read_stats(self.stats_path)
-
-    def log(self) -> str:
-        return "".join(self.log_lines)
 
     def worker_pids(self) -> list[int]:
         """The processes that serve: the children of the supervisor, or with one worker
@@ -183,7 +166,14 @@ def start_server(
             env = shim_env(shim, stats_path)
     run = harness.start(cmd, cwd=REPO, env=env, preexec=preexec, timeout=timeout)
     return ServerProcess(
-        run.proc, run.host, run.port, mode, stats_path, docroot, run.log_lines, workers
+        proc=run.proc,
+        host=run.host,
+        port=run.port,
+        log_lines=run.log_lines,
+        mode=mode,
+        stats_path=stats_path,
+        root=docroot,
+        workers=workers,
     )
 
 

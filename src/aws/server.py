@@ -49,25 +49,21 @@ class Server:
         cached = max(
             1, min(config.open_file_cache, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
         )
-        self.static = FileCache(
-            root,
-            "static",
-            direct=False,
-            max_entries=cached,
-            valid=config.open_file_valid,
-            symlinks=config.symlinks,
-            way=SENDFILE,
-        )
+        common = {
+            "max_entries": cached,
+            "valid": config.open_file_valid,
+            "symlinks": config.symlinks,
+        }
+        self.static = FileCache(root, "static", direct=False, way=SENDFILE, **common)
+        # Like nginx's directio: small /dynamic/ files are read through the page cache.
         self.dynamic = FileCache(
             root,
             "dynamic",
             direct=True,
-            max_entries=cached,
-            valid=config.open_file_valid,
+            way=AIO,
             on_buffered=self._buffered_once,
             directio=config.directio,
-            symlinks=config.symlinks,
-            way=AIO,
+            **common,
         )
         self.caches: dict[bytes | None, FileCache] = {
             b"static": self.static,
