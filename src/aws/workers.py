@@ -133,14 +133,11 @@ class Supervisor:
         )
 
     def _spawn(self, slot: WorkerSlot) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for other in self.slots:
-                if other is not slot:
-                    other.listener.close()
-            worker_process(slot.index, slot.cpu, slot.listener, self.config)
+            others = [other.listener for other in self.slots if other is not slot]
+            worker_process(slot.index, slot.cpu, slot.listener, self.config, supervisor, others)
         slot.pid = pid
         slot.started = time.monotonic()
         slot.restart_at = None

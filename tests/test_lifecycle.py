@@ -1,0 +1,186 @@
+"""Processes, end to end: workers never outlive their supervisor.
+
+Each test starts its own server, plain and under the shim where it serves; the harness
+kills the whole process group at the end, so an orphan that a failing test leaves
+behind is stopped too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DocRoot, ServerProcess, start_server, stop_server
+from tests.harness import group_members
+from tests.test_hardening import SlowReader, get_request, read_head, sha, wait_for
+
+BIG_STATIC = "/static/f67108864.bin"
+BIG_DYNAMIC = "/dynamic/f67108864.bin"
+MODES = ["plain", "shim"]
+
+
+@contextlib.contextmanager
+def serving(
+    docroot: DocRoot, mode: str, shim: Path, tmp_path: Path, workers: int, *flags: str
+) -> Iterator[ServerProcess]:
+    srv = start_server(
+        docroot.path,
+        docroot=docroot,
+        mode=mode,
+        shim=shim,
+        stats_path=tmp_path / f"stats-{time.monotonic_ns()}",
+        workers=workers,
+        extra=list(flags),
+    )
+    try:
+        yield srv
+    finally:
+        stop_server(srv.proc)
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """What a new server's start-up probe asks: can the port be bound without
+    SO_REUSEPORT? (SO_REUSEADDR only looks past connections, not a listener.)"""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def idle_clients(srv: ServerProcess, n: int) -> list[socket.socket]:
+    """Keep-alive connections that got one answer each and now sit idle."""
+    out = []
+    for _ in range(n):
+        s = socket.create_connection(srv.addr, timeout=5)
+        s.sendall(get_request("/static/hello.txt", close=False))
+        status, headers, body = read_head(s)
+        assert status == 200 and headers["connection"] == "keep-alive"
+        while len(body) < int(headers["content-length"]):
+            body += s.recv(100)
+        out.append(s)
+    return out
+
+
+def closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+# -- workers never outlive their supervisor -------------------------------------------
+
+
+def _kill_supervisor_mid_download(
+    docroot: DocRoot, shim: Path, tmp_path: Path, mode: str, stopping: bool
+) -> None:
+    with serving(docroot, mode, shim, tmp_path, 2, "--drain-timeout", "30") as srv:
+        group = srv.proc.pid
+        workers = srv.worker_pids()
+        assert len(workers) == 2
+        readers = [SlowReader(srv.addr, p, 16e6) for p in (BIG_STATIC, BIG_DYNAMIC)]
+        for r in readers:
+            r.start()
+        idle = idle_clients(srv, 6)
+        assert wait_for(lambda: all(len(r.body) > 1 << 20 for r in readers), 10)
+        if stopping:  # a drain already under way when the supervisor dies
+            srv.proc.send_signal(signal.SIGTERM)
+            assert wait_for(lambda: "SIGTERM: stopping" in srv.log(), 5)
+        killed = time.monotonic()
+        srv.proc.kill()
+        srv.proc.wait(5)
+        assert wait_for(lambda: port_is_free(srv.host, srv.port), 1.0, step=0.01), (
+            f"port {srv.port} still taken 1 s after the supervisor died:\n{srv.log()}"
+        )
+        freed = time.monotonic() - killed
+        for s in idle:
+            assert closed_by_server(s, 2), "an idle keep-alive connection was left open"
+            s.close()
+        fresh = start_server(
+            docroot.path, docroot=docroot, workers=2, extra=["--port", str(srv.port)]
+        )
+        try:
+            assert fresh.port == srv.port
+            for _ in range(10):
+                assert fresh.alive()
+        finally:
+            assert stop_server(fresh.proc) == 0, fresh.log()
+        # The orphans went on with what they had: the downloads finish, byte for byte.
+        for r in readers:
+            r.join(30)
+            assert not r.is_alive() and r.error is None and not r.closed, srv.log()
+            assert r.status == 200 and len(r.body) == r.length
+        assert sha(readers[0].body) == sha(docroot.content(BIG_STATIC))
+        assert sha(readers[1].body) == sha(docroot.content(BIG_DYNAMIC))
+        # ... and then they exit, with one line each saying why.
+        assert wait_for(lambda: not group_members(group), 5), group_members(group)
+        gone = [
+            pid
+            for pid in workers
+            if f"aws[{pid}] WARNING aws.worker: worker" in srv.log()
+            and f"supervisor (pid {srv.proc.pid}) is gone; draining" in srv.log()
+        ]
+        # A worker with nothing in flight may have finished its drain before the kill.
+        assert gone == workers or (stopping and gone), srv.log()
+        assert "second signal" not in srv.log()
+        if mode == "shim":
+            stats = srv.stats()
+            assert stats.sendfile_split > 0 and stats.send_split > 0
+        print(f"[{mode}] port free {freed * 1000:.0f} ms after SIGKILL of the supervisor")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(
+    docroot: DocRoot, shim_so: Path, tmp_path: Path, mode: str
+) -> None:
+    _kill_supervisor_mid_download(docroot, shim_so, tmp_path, mode, stopping=False)
+
+
+def test_supervisor_killed_while_stopping_lets_the_drain_finish(
+    docroot: DocRoot, shim_so: Path, tmp_path: Path
+) -> None:
+    """The parent-death signal is not a "second signal": a drain that the supervisor had
+    started goes on after it dies, instead of cutting the transfers."""
+    _kill_supervisor_mid_download(docroot, shim_so, tmp_path, "plain", stopping=True)
+
+
+_RACE_SCRIPT = r"""
+import os, signal
+from aws.worker import STOP_SIGNALS, _watch_supervisor
+import aiobind
+
+signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+_watch_supervisor(os.getppid())
+print(aiobind.parent_death_signal(), sorted(int(s) for s in signal.sigpending()))
+_watch_supervisor(os.getppid() + 1_000_000)  # as if the supervisor had died already
+print(aiobind.parent_death_signal(), sorted(int(s) for s in signal.sigpending()))
+"""
+
+
+def test_a_supervisor_gone_before_the_worker_asked_still_drains_it() -> None:
+    """The parent-death signal is asked for after fork: a supervisor that died before
+    that sends nothing, so the worker sees the changed parent and signals itself (the
+    SIGTERM waits, blocked, until the worker's loop handles it as a drain)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _RACE_SCRIPT], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    term = int(signal.SIGTERM)
+    assert out.stdout.splitlines() == [f"{term} []", f"{term} [{term}]"]
