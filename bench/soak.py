@@ -72,8 +72,7 @@ class Server:
         if not ready.wait(20) or not self.port:
             self.stop()
             raise SystemExit("aws did not start:\n" + "".join(self.lines[-20:]))
-        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        self.worker = int(kids[0])
+        self.worker = self.proc.pid  # --workers 1: the started process is the worker
 
     def _drain(self, ready: threading.Event) -> None:
         assert self.proc.stderr is not None

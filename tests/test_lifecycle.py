@@ -1,4 +1,5 @@
-"""Processes, end to end: workers never outlive their supervisor.
+"""Processes, end to end: workers never outlive their supervisor, and ``--workers 1`` is
+one process.
 
 Each test starts its own server, plain and under the shim where it serves; the harness
 kills the whole process group at the end, so an orphan that a failing test leaves
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import signal
 import socket
 import subprocess
@@ -83,6 +85,30 @@ def closed_by_server(s: socket.socket, within: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Socket inodes in LISTEN (state 0A) on ``port``, from /proc/net/tcp."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            out.add(fields[9])
+    return out
+
+
+def socket_inodes(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                out.add(target[8:-1])
+    return out
 
 
 # -- workers never outlive their supervisor -------------------------------------------
@@ -184,3 +210,81 @@ def test_a_supervisor_gone_before_the_worker_asked_still_drains_it() -> None:
     assert out.returncode == 0, out.stderr
     term = int(signal.SIGTERM)
     assert out.stdout.splitlines() == [f"{term} []", f"{term} [{term}]"]
+
+
+# -- --workers 1 is one process --------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_worker_is_the_started_process(
+    docroot: DocRoot, shim_so: Path, tmp_path: Path, mode: str
+) -> None:
+    with serving(docroot, mode, shim_so, tmp_path, 1) as srv:
+        pid = srv.proc.pid
+        assert srv.alive()
+        assert children(pid) == [] and group_members(pid) == [pid]
+        # It holds the listening socket itself (what `lsof -p PID` shows) ...
+        assert listening_inodes(srv.port) & socket_inodes(pid)
+        # ... and is not pinned: it keeps the CPUs it was started with.
+        assert os.sched_getaffinity(pid) == os.sched_getaffinity(0)
+        assert "with 1 worker, root" in srv.log()
+
+
+def test_one_worker_keeps_the_cpu_it_was_given(docroot: DocRoot) -> None:
+    """`taskset -c 0 python -m aws --workers 1`, as the benchmarks run it."""
+    cpu = min(os.sched_getaffinity(0))
+    srv = start_server(
+        docroot.path, docroot=docroot, workers=1, preexec=lambda: os.sched_setaffinity(0, {cpu})
+    )
+    try:
+        assert srv.alive()
+        assert os.sched_getaffinity(srv.proc.pid) == {cpu}
+        assert children(srv.proc.pid) == []
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()
+
+
+@pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize("mode", MODES)
+def test_one_process_drains_on_signal_and_exits_0(
+    docroot: DocRoot, shim_so: Path, tmp_path: Path, mode: str, signo: int
+) -> None:
+    with serving(docroot, mode, shim_so, tmp_path, 1, "--drain-timeout", "20") as srv:
+        readers = [SlowReader(srv.addr, p, 24e6) for p in (BIG_STATIC, BIG_DYNAMIC)]
+        for r in readers:
+            r.start()
+        [idle] = idle_clients(srv, 1)
+        assert wait_for(lambda: all(len(r.body) > 1 << 20 for r in readers), 10)
+        srv.proc.send_signal(signo)
+        assert wait_for(lambda: port_is_free(srv.host, srv.port), 2, step=0.01)
+        assert closed_by_server(idle, 2)
+        idle.close()
+        assert srv.proc.poll() is None and children(srv.proc.pid) == []
+        for r in readers:
+            r.join(20)
+            assert not r.is_alive() and r.error is None and not r.closed
+            assert r.status == 200 and len(r.body) == r.length
+        assert sha(readers[0].body) == sha(docroot.content(BIG_STATIC))
+        assert sha(readers[1].body) == sha(docroot.content(BIG_DYNAMIC))
+        assert srv.proc.wait(10) == 0, srv.log()
+        assert f"{signal.Signals(signo).name}: stopping" in srv.log()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_process_second_signal_exits_at_once(
+    docroot: DocRoot, shim_so: Path, tmp_path: Path, mode: str
+) -> None:
+    with serving(docroot, mode, shim_so, tmp_path, 1, "--drain-timeout", "60") as srv:
+        reader = SlowReader(srv.addr, BIG_STATIC, 4e6)  # would take ~16 s
+        reader.start()
+        assert wait_for(lambda: len(reader.body) > 1 << 20, 10)
+        srv.proc.send_signal(signal.SIGINT)  # Ctrl-C, then a process manager's SIGTERM
+        assert wait_for(lambda: "SIGINT: stopping" in srv.log(), 5)
+        assert srv.proc.poll() is None
+        start = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(5)
+        assert time.monotonic() - start < 2
+        reader.join(5)
+        assert len(reader.body) < reader.length  # cut short, as asked
+        assert "second signal, exiting now" in srv.log()

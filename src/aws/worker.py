@@ -9,7 +9,8 @@ stopping, or dying, while this worker starts) drains it instead of killing it.
 A forked worker asks the kernel for a SIGTERM when its supervisor dies, so no worker
 goes on serving the old code and config on the port after its supervisor is gone: it
 closes its listener at once, finishes what is in flight (up to ``--drain-timeout``) and
-exits.
+exits. With ``--workers 1`` the started process itself runs the worker, and SIGINT
+drains too.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 class SignalWatcher:
     """Turns stop signals into loop events through ``signal.set_wakeup_fd``."""
 
-    def __init__(self, loop: Loop, on_signal: Callable[[int], None]) -> None:
+    def __init__(self, loop: Loop, on_signal: Callable[[int], None], interrupt: bool) -> None:
         self._r, self._w = socket.socketpair()
         self._r.setblocking(False)
         self._w.setblocking(False)
@@ -45,8 +46,8 @@ class SignalWatcher:
         self._on_signal = on_signal
         signal.set_wakeup_fd(self._w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._note)
-        # Ctrl-C reaches the whole process group: only the supervisor acts on it.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Ctrl-C reaches the whole process group: under a supervisor only it acts on it.
+        signal.signal(signal.SIGINT, self._note if interrupt else signal.SIG_IGN)
         loop.add(self._r.fileno(), EPOLLIN, self)
 
     def _note(self, signum: int, frame: object) -> None:
@@ -67,11 +68,12 @@ def run_worker(
     cpu: int | None,
     listener: socket.socket,
     config: Config,
-    supervisor: int,
+    supervisor: int | None = None,
 ) -> int:
     """Serve until stopped; returns the process exit status.
 
-    ``supervisor`` is the pid of the process that forked this one.
+    ``supervisor`` is the pid of the process that forked this one, or None when this
+    process serves alone (``--workers 1``).
     """
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
@@ -85,7 +87,7 @@ def run_worker(
 
     def on_signal(signo: int) -> None:
         nonlocal orphaned
-        if not orphaned and os.getppid() != supervisor:
+        if supervisor is not None and not orphaned and os.getppid() != supervisor:
             # The parent-death signal: a drain, never the "second signal", even when the
             # supervisor had asked for a drain before it died.
             orphaned = True
@@ -103,6 +105,12 @@ def run_worker(
             log.info("worker %d: second signal, exiting now", index)
             loop.stop()
             return
+        if supervisor is None:
+            log.info(
+                "%s: stopping; transfers in flight may take up to %.0fs",
+                signal.Signals(signo).name,
+                config.drain_timeout,
+            )
         drain()
 
     def drain() -> None:
@@ -116,7 +124,7 @@ def run_worker(
             log.warning("worker %d: drain timeout, %d connections cut", index, len(server.conns))
         loop.stop()
 
-    SignalWatcher(loop, on_signal)
+    SignalWatcher(loop, on_signal, interrupt=supervisor is None)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     log.debug("worker %d (pid %d) serving on CPU %s", index, os.getpid(), cpu)
     loop.run()

@@ -3,6 +3,10 @@
 The supervisor binds every worker's ``SO_REUSEPORT`` socket itself, before forking, so
 a port already taken stops the server at once with a clear error, and a restarted
 worker inherits its socket (with whatever connections queued there meanwhile).
+
+With one worker there is no supervisor (``SingleProcess``): the started process binds,
+serves and takes the signals itself, like uvicorn by default or nginx with
+``master_process off``; restarting it is the process manager's job.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 
 import aiobind
 from aws.config import Config
-from aws.worker import EXIT_FATAL, worker_process
+from aws.worker import EXIT_FATAL, STOP_SIGNALS, run_worker, worker_process
 
 log = logging.getLogger("aws.workers")
 
@@ -221,3 +225,41 @@ class Supervisor:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signo)
+
+
+class SingleProcess:
+    """``--workers 1``: the started process is the worker, with no supervisor.
+
+    It is what ``ps``, ``lsof -p`` and ``strace -p`` show, and it is not pinned to a CPU:
+    the process manager or ``taskset`` decides where it runs.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.listener: socket.socket | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        config = self.config
+        [listener] = make_listeners(config.host, config.port, 1, config.backlog)
+        try:
+            check_aio(1, config.aio_maxevents)
+        except StartupError:
+            listener.close()
+            raise
+        self.listener = listener
+        self.port = listener.getsockname()[1]
+        # Held until the worker's watcher is in place: a signal now drains, once it is.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        root = os.path.abspath(config.root)
+        log.info(
+            "aws listening on http://%s:%d with 1 worker, root %s", config.host, self.port, root
+        )
+
+    def run(self) -> int:
+        assert self.listener is not None
+        status = run_worker(0, None, self.listener, self.config)
+        if status == EXIT_FATAL:
+            return 1
+        log.info("stopped")
+        return status
