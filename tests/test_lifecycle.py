@@ -1,5 +1,5 @@
-"""Processes, end to end: workers never outlive their supervisor, and ``--workers 1`` is
-one process.
+"""Processes, end to end: workers never outlive their supervisor, ``--workers 1`` is one
+process, and what ``ps`` shows (process titles, and the comm left as it was started).
 
 Each test starts its own server, plain and under the shim where it serves; the harness
 kills the whole process group at the end, so an orphan that a failing test leaves
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DocRoot, ServerProcess, start_server, stop_server
+from tests.conftest import REPO, DocRoot, ServerProcess, start_server, stop_server
 from tests.harness import group_members
+from tests.harness import start as harness_start
+from tests.harness import stop as harness_stop
 from tests.test_hardening import SlowReader, get_request, read_head, sha, wait_for
 
 BIG_STATIC = "/static/f67108864.bin"
@@ -89,6 +91,14 @@ def closed_by_server(s: socket.socket, within: float) -> bool:
 
 def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def title(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0].decode()
+
+
+def comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().rstrip("\n")
 
 
 def listening_inodes(port: int) -> set[str]:
@@ -227,6 +237,7 @@ def test_one_worker_is_the_started_process(
         assert listening_inodes(srv.port) & socket_inodes(pid)
         # ... and is not pinned: it keeps the CPUs it was started with.
         assert os.sched_getaffinity(pid) == os.sched_getaffinity(0)
+        assert title(pid) == f"aws: single process, root {docroot.path}"
         assert "with 1 worker, root" in srv.log()
 
 
@@ -288,3 +299,67 @@ def test_one_process_second_signal_exits_at_once(
         reader.join(5)
         assert len(reader.body) < reader.length  # cut short, as asked
         assert "second signal, exiting now" in srv.log()
+
+
+# -- what ps shows ---------------------------------------------------------------------
+
+
+def _console_script() -> Path:
+    script = Path(sys.executable).parent / "aws"
+    assert script.exists(), f"no console script at {script}: is the package installed?"
+    return script
+
+
+def test_titles_and_comm_through_the_console_script(docroot: DocRoot) -> None:
+    root = docroot.path
+    srv = harness_start([str(_console_script()), "--root", str(root), "--workers", "2"], cwd=REPO)
+    try:
+        supervisor = srv.proc.pid
+        workers = children(supervisor)
+        assert len(workers) == 2
+        assert wait_for(lambda: all(title(p).startswith("aws: worker ") for p in workers), 5)
+        # Each worker's title names its index and the CPU it is pinned to.
+        seen = set()
+        for pid in workers:
+            [cpu] = os.sched_getaffinity(pid)
+            index, _, on_cpu = title(pid).removeprefix("aws: worker ").partition(" on CPU ")
+            assert on_cpu == str(cpu), title(pid)
+            seen.add(index)
+        assert seen == {"0", "1"}
+        assert title(supervisor) == f"aws: supervisor, root {root}, 2 workers"
+        # The comm (ps -o comm, pgrep, top) is still the name it was started by; a worker's
+        # is its title for the few microseconds between setting one and restoring the other.
+        pids = [supervisor, *workers]
+        wait_for(lambda: [comm(p) for p in pids] == ["aws"] * 3, 5)
+        assert [comm(p) for p in pids] == ["aws"] * 3
+        ps = subprocess.run(
+            ["ps", "-ww", "-o", "comm=,args=", "-p", str(supervisor)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        shown_comm, shown_args = ps.stdout.strip().split(None, 1)
+        assert shown_comm == "aws"
+        assert shown_args.startswith(f"aws: supervisor, root {root}, 2 workers")
+    finally:
+        assert harness_stop(srv) == 0, srv.log()
+
+    srv = harness_start([str(_console_script()), "--root", str(root), "--workers", "1"], cwd=REPO)
+    try:
+        assert title(srv.proc.pid) == f"aws: single process, root {root}"
+        assert comm(srv.proc.pid) == "aws"
+    finally:
+        assert harness_stop(srv) == 0, srv.log()
+
+
+def test_python_m_aws_keeps_the_interpreter_as_comm(docroot: DocRoot) -> None:
+    srv = start_server(docroot.path, docroot=docroot, workers=2)
+    try:
+        started_as = Path(sys.executable).name[:15]
+        pids = [srv.proc.pid, *srv.worker_pids()]
+        assert wait_for(lambda: all(title(p).startswith("aws: ") for p in pids), 5)
+        # (a worker's comm is the title for the few microseconds between the two calls)
+        wait_for(lambda: [comm(p) for p in pids] == [started_as] * 3, 5)
+        assert [comm(p) for p in pids] == [started_as] * 3
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 import aiobind
 from aws.config import Config
 from aws.loop import EPOLLIN, Loop
+from aws.proctitle import set_title
 from aws.server import Server
 
 log = logging.getLogger("aws.worker")
@@ -164,6 +165,7 @@ def worker_process(
             sock.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        set_title(f"aws: worker {index}" + ("" if cpu is None else f" on CPU {cpu}"))
         status = run_worker(index, cpu, listener, config, supervisor)
     except BaseException:
         log.exception("worker %d crashed", index)

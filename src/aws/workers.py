@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import aiobind
 from aws.config import Config
+from aws.proctitle import set_title
 from aws.worker import EXIT_FATAL, STOP_SIGNALS, run_worker, worker_process
 
 log = logging.getLogger("aws.workers")
@@ -125,6 +126,7 @@ class Supervisor:
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
             self.slots.append(WorkerSlot(i, cpu, sock))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
         for slot in self.slots:
             self._spawn(slot)
         log.info(
@@ -252,6 +254,7 @@ class SingleProcess:
         # Held until the worker's watcher is in place: a signal now drains, once it is.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         root = os.path.abspath(config.root)
+        set_title(f"aws: single process, root {root}")
         log.info(
             "aws listening on http://%s:%d with 1 worker, root %s", config.host, self.port, root
         )
