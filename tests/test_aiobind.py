@@ -23,6 +23,10 @@ import gc
 import os
 import random
 import select
+import signal
+import subprocess
+import sys
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -42,10 +46,14 @@ from aiobind import (
     Context,
     EventFD,
     Read,
+    get_comm,
     open_direct,
     openat2,
+    parent_death_signal,
     round_up,
+    set_comm,
     set_direct,
+    set_parent_death_signal,
 )
 
 KIB = 1024
@@ -694,3 +702,89 @@ def test_pool_release_with_a_live_view_does_not_raise() -> None:
     assert pool.outstanding == 0 and pool.idle == 0
     assert len(view) == 10
     view.release()
+
+
+# -- prctl: parent-death signal and comm -----------------------------------------------
+
+# Run in a fresh interpreter so that no fork happens in the (possibly threaded) test
+# process. A middle process forks a child, which sets its parent-death signal; the middle
+# process then exits, and the child reports what it got.
+_PDEATHSIG_SCRIPT = r"""
+import os, select, signal, sys
+import aiobind
+
+ready_r, ready_w = os.pipe()
+out_r, out_w = os.pipe()
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+middle = os.fork()
+if middle == 0:
+    aiobind.set_parent_death_signal(signal.SIGUSR2)  # not inherited by its child
+    me = os.getpid()
+    if os.fork() == 0:
+        inherited = aiobind.parent_death_signal()
+        aiobind.set_parent_death_signal(signal.SIGUSR1)
+        os.write(out_w, f"inherited={inherited} set={aiobind.parent_death_signal()}\n".encode())
+        os.write(ready_w, b"x")
+        info = signal.sigtimedwait({signal.SIGUSR1}, 10)
+        got = info.si_signo if info else 0
+        os.write(out_w, f"got={got} reparented={os.getppid() != me}\n".encode())
+        os._exit(0)
+    os.read(ready_r, 1)
+    os._exit(0)
+os.close(out_w)
+os.waitpid(middle, 0)
+out = b""
+while select.select([out_r], [], [], 10)[0]:
+    chunk = os.read(out_r, 100)
+    if not chunk:
+        break
+    out += chunk
+sys.stdout.write(out.decode())
+"""
+
+
+def test_parent_death_signal_reaches_the_child_when_its_parent_dies() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PDEATHSIG_SCRIPT], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert first == f"inherited=0 set={int(signal.SIGUSR1)}"
+    assert second == f"got={int(signal.SIGUSR1)} reparented=True"
+
+
+def test_parent_death_signal_round_trip_and_bad_signal() -> None:
+    before = parent_death_signal()
+    try:
+        set_parent_death_signal(signal.SIGTERM)
+        assert parent_death_signal() == signal.SIGTERM
+        set_parent_death_signal(0)
+        assert parent_death_signal() == 0
+        with pytest.raises(OSError) as exc:
+            set_parent_death_signal(1000)
+        assert exc.value.errno == errno.EINVAL
+        assert "PR_SET_PDEATHSIG" in str(exc.value)
+    finally:
+        set_parent_death_signal(before)
+
+
+def test_comm_is_per_thread_and_cut_to_15_bytes() -> None:
+    process_comm = Path("/proc/self/comm").read_text().strip()
+    seen: dict[str, str] = {}
+
+    def rename() -> None:
+        tid = threading.get_native_id()
+        set_comm("aws-a-rather-long-name")
+        seen["get"] = get_comm()
+        seen["proc"] = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        with pytest.raises(ValueError):
+            set_comm("a\0b")
+        set_comm(b"bytes")
+        seen["bytes"] = get_comm()
+
+    t = threading.Thread(target=rename)
+    t.start()
+    t.join(10)
+    assert seen == {"get": "aws-a-rather-lo", "proc": "aws-a-rather-lo", "bytes": "bytes"}
+    # the main thread's comm, the process's, did not change
+    assert get_comm() == process_comm == Path("/proc/self/comm").read_text().strip()

@@ -25,6 +25,7 @@ from aiobind.files import (
     openat2,
     set_direct,
 )
+from aiobind.process import get_comm, parent_death_signal, set_comm, set_parent_death_signal
 
 __all__ = [
     "O_DIRECT",
@@ -40,8 +41,12 @@ __all__ = [
     "Context",
     "EventFD",
     "Read",
+    "get_comm",
     "open_direct",
     "openat2",
+    "parent_death_signal",
     "round_up",
+    "set_comm",
     "set_direct",
+    "set_parent_death_signal",
 ]

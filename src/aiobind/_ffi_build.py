@@ -3,6 +3,7 @@
 The C helpers below exist so that one Python call crosses into C once: preparing an
 iocb, pointing it at our eventfd and submitting it is a single call, and reaping copies
 the completions into flat arrays that Python indexes without touching struct fields.
+The few ``prctl`` calls live here too: the standard library has no ``prctl``.
 """
 
 from cffi import FFI
@@ -24,6 +25,11 @@ int aiob_reap(io_context_t ctx, long min_nr, long max_nr, struct io_event *event
 int aiob_openat2(int dirfd, const char *path, unsigned long long flags,
                  unsigned long long mode, unsigned long long resolve);
 
+int aiob_set_pdeathsig(int signo);
+int aiob_get_pdeathsig(void);
+int aiob_set_comm(const char *name);
+int aiob_get_comm(char *out);
+
 #define RESOLVE_NO_XDEV ...
 #define RESOLVE_NO_MAGICLINKS ...
 #define RESOLVE_NO_SYMLINKS ...
@@ -37,6 +43,7 @@ SOURCE = r"""
 #include <linux/openat2.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -98,6 +105,24 @@ static int aiob_openat2(int dirfd, const char *path, unsigned long long flags,
     how.resolve = resolve;
     long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
     return fd < 0 ? -errno : (int)fd;
+}
+
+static int aiob_set_pdeathsig(int signo) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)signo, 0UL, 0UL, 0UL) < 0 ? -errno : 0;
+}
+
+static int aiob_get_pdeathsig(void) {
+    int signo = 0;
+    return prctl(PR_GET_PDEATHSIG, (unsigned long)&signo, 0UL, 0UL, 0UL) < 0 ? -errno : signo;
+}
+
+static int aiob_set_comm(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL) < 0 ? -errno : 0;
+}
+
+/* out must hold 16 bytes (TASK_COMM_LEN); the kernel NUL-terminates it */
+static int aiob_get_comm(char *out) {
+    return prctl(PR_GET_NAME, (unsigned long)out, 0UL, 0UL, 0UL) < 0 ? -errno : 0;
 }
 """
 

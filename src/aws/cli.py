@@ -8,7 +8,7 @@ import os
 import sys
 
 from aws.config import Config
-from aws.workers import StartupError, Supervisor
+from aws.workers import SingleProcess, StartupError, Supervisor
 
 log = logging.getLogger("aws")
 
@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=cpus,
-        help="worker processes, one per CPU (default: %(default)s, the CPUs "
-        "this process may run on)",
+        help="worker processes, one per CPU, each pinned to its CPU, under a supervisor "
+        "that restarts them (default: %(default)s, the CPUs this process may run on). "
+        "With 1 there is no supervisor: the started process serves by itself, unpinned, "
+        "and restarting it is the process manager's job (systemd, a container runtime)",
     )
     p.add_argument(
         "--symlinks",
@@ -167,11 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         aio_depth=args.aio_depth,
         aio_maxevents=args.aio_maxevents,
     )
-    cpus = sorted(os.sched_getaffinity(0))
-    supervisor = Supervisor(config, cpus)
+    server: SingleProcess | Supervisor
+    if config.workers == 1:
+        server = SingleProcess(config)
+    else:
+        server = Supervisor(config, sorted(os.sched_getaffinity(0)))
     try:
-        supervisor.start()
+        server.start()
     except StartupError as exc:
         print(f"aws: {exc}", file=sys.stderr)
         return 1
-    return supervisor.run()
+    return server.run()

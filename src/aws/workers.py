@@ -3,6 +3,10 @@
 The supervisor binds every worker's ``SO_REUSEPORT`` socket itself, before forking, so
 a port already taken stops the server at once with a clear error, and a restarted
 worker inherits its socket (with whatever connections queued there meanwhile).
+
+With one worker there is no supervisor (``SingleProcess``): the started process binds,
+serves and takes the signals itself, like uvicorn by default or nginx with
+``master_process off``; restarting it is the process manager's job.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from dataclasses import dataclass, field
 
 import aiobind
 from aws.config import Config
-from aws.worker import EXIT_FATAL, worker_process
+from aws.proctitle import set_title
+from aws.worker import EXIT_FATAL, STOP_SIGNALS, run_worker, worker_process
 
 log = logging.getLogger("aws.workers")
 
@@ -121,6 +126,7 @@ class Supervisor:
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
             self.slots.append(WorkerSlot(i, cpu, sock))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
         for slot in self.slots:
             self._spawn(slot)
         log.info(
@@ -133,14 +139,11 @@ class Supervisor:
         )
 
     def _spawn(self, slot: WorkerSlot) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for other in self.slots:
-                if other is not slot:
-                    other.listener.close()
-            worker_process(slot.index, slot.cpu, slot.listener, self.config)
+            others = [other.listener for other in self.slots if other is not slot]
+            worker_process(slot.index, slot.cpu, slot.listener, self.config, supervisor, others)
         if slot.cpu is not None:
             # The child pins itself too; doing it here as well means that once fork has
             # returned, nobody (ps, taskset -p, a test) can see the worker unpinned.
@@ -229,3 +232,42 @@ class Supervisor:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signo)
+
+
+class SingleProcess:
+    """``--workers 1``: the started process is the worker, with no supervisor.
+
+    It is what ``ps``, ``lsof -p`` and ``strace -p`` show, and it is not pinned to a CPU:
+    the process manager or ``taskset`` decides where it runs.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.listener: socket.socket | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        config = self.config
+        [listener] = make_listeners(config.host, config.port, 1, config.backlog)
+        try:
+            check_aio(1, config.aio_maxevents)
+        except StartupError:
+            listener.close()
+            raise
+        self.listener = listener
+        self.port = listener.getsockname()[1]
+        # Held until the worker's watcher is in place: a signal now drains, once it is.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        root = os.path.abspath(config.root)
+        set_title(f"aws: single process, root {root}")
+        log.info(
+            "aws listening on http://%s:%d with 1 worker, root %s", config.host, self.port, root
+        )
+
+    def run(self) -> int:
+        assert self.listener is not None
+        status = run_worker(0, None, self.listener, self.config)
+        if status == EXIT_FATAL:
+            return 1
+        log.info("stopped")
+        return status
