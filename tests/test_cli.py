@@ -146,3 +146,18 @@ def test_the_checkout_launcher_serves_the_current_directory(docroot: DocRoot) ->
         assert r.status_code == 200 and r.content == b"hello\n"
     finally:
         assert harness.stop(srv) == 0, srv.log()
+
+
+def test_every_option_is_declared_once_in_config() -> None:
+    """The parser is generated from Config: each flag maps to its field, with the field's
+    default and parser, and a field with help is always a flag."""
+    from aws import cli, config
+
+    parser = cli.build_parser()
+    dests = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(dests) == {f.name for f in config.flags()}
+    for f in config.flags():
+        assert "--" + f.name.replace("_", "-") in dests[f.name].option_strings
+        assert dests[f.name].default == config.default_of(f)
+    args = parser.parse_args(["--header-timeout", "2.5", "--symlinks", "none", "--port", "0"])
+    assert (args.header_timeout, args.symlinks, args.port) == (2.5, "none", 0)

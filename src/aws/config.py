@@ -1,30 +1,136 @@
-"""Settings shared by the supervisor and the workers (one frozen value, passed down)."""
+"""Every setting, declared once: its name, default, how its text is read and its help.
+
+:class:`Config` is one frozen value built at start and passed down to every layer. The
+command line is generated from these fields (``--header-timeout`` is the field
+``header_timeout``), so an option cannot drift between the parser, the defaults and the
+code that uses it. Fields without help are internal tunables, not flags.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    parse: Callable[[str], Any] = str,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A field that is also a command-line flag."""
+    meta = {"help": help, "parse": parse, "choices": choices, "metavar": metavar}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
 class Config:
-    host: str = "0.0.0.0"
-    port: int = 8888
-    root: str = "."
-    workers: int = 1
-    access_log: str | None = None
-    symlinks: str = "root"  # the boundary symlinks may not leave: root, prefix or none
-    # Timeouts, in seconds.
-    header_timeout: float = 10.0  # a complete request head must arrive within this
-    keepalive_timeout: float = 15.0  # idle time between requests on a kept-alive connection
-    send_timeout: float = 60.0  # a client that reads nothing for this long is dropped
-    drain_timeout: float = 30.0  # how long SIGTERM waits for transfers in flight
-    # Limits.
-    max_connections: int = 4096  # per worker; past it new connections are closed at once
-    sendfile_chunk: int = 1 << 20  # bytes per connection per loop turn (nginx's sendfile_max_chunk)
-    aio_chunk: int = 1024 * 1024  # bytes per AIO buffer (1 MiB: measured best on 64 MiB files)
-    directio: int = 64 * 1024  # /dynamic/ files this large or larger are read with O_DIRECT
-    aio_depth: int = 3  # AIO buffers per dynamic transfer (reads kept ahead of the socket)
-    aio_maxevents: int = 256  # AIO reads in flight per worker
+    host: str = option("0.0.0.0", help="address to listen on")
+    port: int = option(8888, parse=int, help="TCP port (0 picks a free one)")
+    root: str = option(".", help="document root holding static/ and dynamic/")
+    workers: int = option(
+        default_factory=_cpus,
+        parse=positive_int,
+        help="worker processes, one per CPU, each pinned to its CPU, under a supervisor "
+        "that restarts them (the default is the CPUs this process may run on). With 1 "
+        "there is "
+        "no supervisor: the started process serves by itself, unpinned, and restarting it "
+        "is the process manager's job (systemd, a container runtime)",
+    )
+    symlinks: str = option(
+        "root",
+        choices=("root", "prefix", "none"),
+        help="symlinks are followed while they stay inside the document root (root), "
+        "inside their prefix folder (prefix), or never (none); a link to a hidden name "
+        "is never followed",
+    )
+    log_level: str = option(
+        "info", choices=("debug", "info", "warning", "error", "critical"), help="log level"
+    )
+    access_log: str | None = option(
+        None,
+        metavar="PATH|-",
+        help="write an access log line per response to PATH, or stdout for -",
+    )
+    header_timeout: float = option(
+        10.0, parse=seconds, help="seconds for a complete request head, else 408"
+    )
+    keepalive_timeout: float = option(
+        15.0, parse=seconds, help="seconds an idle keep-alive connection stays open"
+    )
+    send_timeout: float = option(
+        60.0,
+        parse=seconds,
+        help="seconds without progress before a client that stopped reading is dropped",
+    )
+    drain_timeout: float = option(
+        30.0, parse=seconds, help="on SIGTERM, seconds to let transfers finish"
+    )
+    max_connections: int = option(
+        4096, parse=positive_int, help="connections per worker; more are closed at once"
+    )
+    sendfile_chunk: int = option(
+        1 << 20,
+        parse=positive_int,
+        help="bytes one connection may send per loop turn (nginx's sendfile_max_chunk)",
+    )
+    aio_chunk: int = option(
+        1 << 20,  # measured best on 64 MiB files
+        parse=positive_int,
+        help="bytes per AIO read buffer",
+    )
+    aio_depth: int = option(
+        3,
+        parse=positive_int,
+        help="AIO buffers per /dynamic/ transfer: reads kept ahead of the socket",
+    )
+    directio: int = option(
+        64 * 1024,
+        parse=int,
+        metavar="BYTES",
+        help="read /dynamic/ files of at least BYTES with O_DIRECT, smaller ones through "
+        "the page cache (nginx's directio; 0: always O_DIRECT)",
+    )
+    aio_maxevents: int = option(
+        256, parse=positive_int, help="AIO reads in flight per worker (io_setup size)"
+    )
     open_file_cache: int = 1024  # open files kept per prefix per worker
     open_file_valid: float = 0.5  # seconds between re-checks: a replaced file shows within it
     backlog: int = 1024
+
+
+def flags() -> list[Field[Any]]:
+    """The fields that are command-line options, in declaration order."""
+    return [f for f in fields(Config) if "help" in f.metadata]
+
+
+def default_of(f: Field[Any]) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
