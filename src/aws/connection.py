@@ -207,18 +207,27 @@ class Connection:
             return b""
 
     def _on_readable(self, events: int) -> None:
-        data = self._recv()
-        if data is None:
+        # The hot path of every request: recv and Framer.feed are inlined here (each
+        # Python call saved is ~60 ns on 3.11; measured with bench/micro.py).
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
             return
+        except OSError as exc:
+            log.debug("%s: recv failed: %s", self.peer, exc)
+            data = b""
         framer = self.framer
         if not data:
             if framer.buf:
                 log.debug("%s: closed with an incomplete request", self.peer)
             self.close()
             return
-        if not framer.buf and self.requests:  # the next request's first byte starts its clock
-            self.deadline = self.server.loop.now + self.server.config.header_timeout
-        framer.feed(data)
+        if framer.buf:
+            framer.buf += data
+        else:
+            if self.requests:  # the next request's first byte starts its clock
+                self.deadline = self.server.loop.now + self.server.config.header_timeout
+            framer.buf = data
         self._process()
 
     def _on_body_readable(self, events: int) -> None:
@@ -263,6 +272,10 @@ class Connection:
         try:
             for _ in range(MAX_PIPELINED_PER_TURN):
                 if self.state is not READ_HEAD:
+                    return
+                if not framer.buf:
+                    if self.eof:
+                        self.close()
                     return
                 try:
                     req = framer.next_request()

@@ -64,6 +64,7 @@ class Resource:
         "last_modified",
         "mtime",
         "refs",
+        "replies",
         "size",
         "stale",
     )
@@ -82,6 +83,7 @@ class Resource:
         self.stale = False
         self._date = b""
         self._heads: tuple[bytes, bytes] = (b"", b"")
+        self.replies: object = None  # respond.py's whole-file replies, built once a second
 
     def fields(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -109,6 +111,7 @@ class Resource:
             self.close()
 
     def close(self) -> None:
+        self.replies = None  # they point back here
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

