@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PORT ?= 8888
 
-.PHONY: run test bench bench-aio soak lint sysdeps sysdeps-test sysdeps-bench clean
+.PHONY: run test bench bench-cold bench-aio soak lint sysdeps sysdeps-test sysdeps-bench clean
 
 # Debian packages: libaio's headers and a C compiler to build aiobind (and the test shim).
 sysdeps:
@@ -36,6 +36,10 @@ lint: $(STAMP)
 bench: sysdeps-bench $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m bench.httpbench
+
+bench-cold: sysdeps-bench $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m bench.httpbench.cold
 
 bench-aio: sysdeps $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'

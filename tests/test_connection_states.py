@@ -91,7 +91,6 @@ def test_other_legal_paths() -> None:
         (S.SEND_HEAD, S.AIO_WAIT),
         (S.SEND_FILE, S.SEND_BUFFER),
         (S.AIO_WAIT, S.DONE),
-        (S.SEND_BUFFER, S.SEND_FILE),
         (S.DONE, S.SEND_HEAD),
         (S.LINGER, S.READ_HEAD),
         (S.CLOSED, S.READ_HEAD),

@@ -25,6 +25,7 @@ from aiobind.files import (
     openat2,
     set_direct,
 )
+from aiobind.pagecache import CacheStat, cachestat, uptodate_at
 from aiobind.process import get_comm, parent_death_signal, set_comm, set_parent_death_signal
 
 __all__ = [
@@ -37,10 +38,12 @@ __all__ = [
     "RESOLVE_NO_XDEV",
     "AlignedBuffer",
     "BufferPool",
+    "CacheStat",
     "Completion",
     "Context",
     "EventFD",
     "Read",
+    "cachestat",
     "get_comm",
     "open_direct",
     "openat2",
@@ -49,4 +52,5 @@ __all__ = [
     "set_comm",
     "set_direct",
     "set_parent_death_signal",
+    "uptodate_at",
 ]

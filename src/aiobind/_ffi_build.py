@@ -29,6 +29,8 @@ int aiob_set_pdeathsig(int signo);
 int aiob_get_pdeathsig(void);
 int aiob_set_comm(const char *name);
 int aiob_get_comm(char *out);
+int aiob_cachestat(int fd, unsigned long long off, unsigned long long len,
+                   unsigned long long *out);
 
 #define RESOLVE_NO_XDEV ...
 #define RESOLVE_NO_MAGICLINKS ...
@@ -105,6 +107,24 @@ static int aiob_openat2(int dirfd, const char *path, unsigned long long flags,
     how.resolve = resolve;
     long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
     return fd < 0 ? -errno : (int)fd;
+}
+
+/* cachestat(2), Linux 6.5+ (451 on every architecture): page-cache state of a range.
+   out[0..4] = cache, dirty, writeback, evicted, recently_evicted (pages). */
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+struct aiob_cachestat_range { unsigned long long off, len; };
+static int aiob_cachestat(int fd, unsigned long long off, unsigned long long len,
+                          unsigned long long *out) {
+    struct aiob_cachestat_range range = { off, len };
+    unsigned long long cs[5] = { 0, 0, 0, 0, 0 };
+    long rc = syscall(__NR_cachestat, fd, &range, cs, 0);
+    if (rc < 0)
+        return -errno;
+    for (int i = 0; i < 5; i++)
+        out[i] = cs[i];
+    return 0;
 }
 
 static int aiob_set_pdeathsig(int signo) {

@@ -64,6 +64,7 @@ class Worker(Protocol):
     aio: AioReader
     caches: Mapping[bytes | None, FileCache]
     draining: bool
+    bulk: int  # long transfers in progress: they share each loop turn's byte budget
     access_log: object | None
 
     def log_access(self, conn: Connection) -> None: ...
@@ -74,6 +75,7 @@ class Worker(Protocol):
 class Connection:
     __slots__ = (
         "body",
+        "bulk",
         "busy",
         "corked",
         "deadline",
@@ -84,6 +86,7 @@ class Connection:
         "linger",
         "mask",
         "out",
+        "path",
         "peer",
         "pending",
         "pos",
@@ -97,6 +100,7 @@ class Connection:
         "state",
         "status",
         "stop",
+        "warm_to",
     )
 
     def __init__(self, server: Worker, sock: socket.socket, peer: object) -> None:
@@ -122,6 +126,11 @@ class Connection:
         self.status = 0
         self.sent = 0
         self.corked = False
+        self.bulk = False  # a long transfer: counted in the worker's fair share of a turn
+        self.warm_to = 0  # the file is known to be in the page cache up to here
+        # How the last body left, for the access log and metrics: "" (no body),
+        # "sendfile", "mixed" (sendfile and AIO), "aio-direct" or "aio-buffered".
+        self.path = ""
         self.linger = False  # the client may still be sending: close gently
         # Checked by the worker's periodic sweep (no timer object per connection).
         self.deadline: float | None = server.loop.now + server.config.header_timeout
@@ -337,26 +346,46 @@ class Connection:
         self.out = reply.head
         res = self.res = reply.res
         if res is None:
+            self.path = ""
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
-        self.pos = reply.start
-        self.stop = reply.stop
+        start = self.pos = reply.start
+        stop = self.stop = reply.stop
         self.sent = 0
         server = self.server
+        long = stop - start >= transfer.CORK_ABOVE
+        if long:
+            self.bulk = True
+            server.bulk += 1
         if reply.way is respond.SENDFILE:
-            # A long transfer: only full segments until the end (nginx's tcp_nopush),
-            # instead of a short one at the end of every sendfile call.
-            if reply.stop - reply.start >= transfer.CORK_ABOVE:
+            self.path = "sendfile"
+            if long:
+                # Only full segments until the end (nginx's tcp_nopush), instead of a
+                # short one at the end of every sendfile call.
                 self.corked = transfer.cork(self.sock, True)
+                self.warm_to = start  # a long body may be cold anywhere: ask as it goes
+            elif res.probe:
+                res.probe = False
+                self.warm_to = start  # not served lately: ask once
+            else:
+                self.warm_to = stop  # served lately and short: in the page cache
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
+        fd = res.fd
+        direct = res.direct
+        if not direct and res.probe:
+            # A buffered io_submit reads a cold file inside the call, on the loop: a
+            # small file not served lately is asked about, and read with O_DIRECT if cold.
+            res.probe = False
+            if transfer.warm_until(fd, start, stop) < stop and res.direct_fd() >= 0:
+                fd = res.direct_fd()
+                direct = True
+        self.path = "aio-direct" if direct else "aio-buffered"
         self._to(AIO_WAIT)
-        self.body = DynamicBody(
-            server.aio, self, res.fd, reply.start, reply.stop, server.config.aio_depth
-        )
-        if not res.direct:
+        self.body = DynamicBody(server.aio, self, fd, start, stop, server.config.aio_depth)
+        if not direct:
             # A buffered read is done when io_submit returns: answer now, not a loop
             # turn and an eventfd read later.
             server.aio.reap_now()
@@ -383,20 +412,50 @@ class Connection:
     def _send_file(self, events: int) -> None:
         res = self.res
         assert res is not None
-        start = self.pos
+        pos = self.pos
+        stop = self.stop
+        if pos >= self.warm_to:
+            warm = transfer.warm_until(res.fd, pos, stop)
+            if warm == pos:
+                self._read_cold()
+                return
+            self.warm_to = warm
+        server = self.server
+        # Fair turns: long transfers share one turn's budget, so a small request waits
+        # behind at most ~sendfile_chunk bytes of other people's downloads per turn.
+        share = server.config.sendfile_chunk
+        if server.bulk > 1:
+            share = max(transfer.MIN_SLICE, share // server.bulk)
         try:
-            pos = transfer.sendfile(
-                self.fd, res.fd, start, self.stop, self.server.config.sendfile_chunk
-            )
+            new = transfer.sendfile(self.fd, res.fd, pos, self.warm_to, share)
         except transfer.TransferFailed as exc:
             self._failed_transfer(exc)
             return
-        self.sent += pos - start
-        self.pos = pos
-        if pos < self.stop:
-            self._block()
+        self.sent += new - pos
+        self.pos = new
+        if new < stop:
+            self._block()  # level-triggered: back next turn, asking again past warm_to
         else:
             self._finish()
+
+    def _read_cold(self) -> None:
+        """The next range is not in the page cache: read it by AIO and send it from the
+        buffers (the mixed path), then go back to sendfile."""
+        res = self.res
+        assert res is not None
+        dfd = res.direct_fd()
+        if dfd < 0:  # no O_DIRECT on this file system: sendfile it, waiting if it must
+            self.warm_to = self.stop
+            self._send_file(EPOLLOUT)
+            return
+        server = self.server
+        depth = server.config.aio_depth
+        end = min(self.stop, self.pos + depth * server.aio.chunk_size)
+        self.path = "mixed"  # part of a sendfile response read by AIO: it was cold
+        self._to(AIO_WAIT)
+        self.deadline = None  # the disk is ours to wait for, not the client's fault
+        self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
+        self.body = DynamicBody(server.aio, self, dfd, self.pos, end, depth)
 
     def on_body_ready(self) -> None:
         """The AIO read the response is waiting for has completed."""
@@ -407,15 +466,24 @@ class Connection:
     def _send_buffers(self, events: int) -> None:
         body = self.body
         assert body is not None
+        server = self.server
+        share = server.config.sendfile_chunk
+        if server.bulk > 1:
+            share = max(transfer.MIN_SLICE, share // server.bulk)
         try:
-            outcome, self.out, sent = transfer.send_buffers(
-                self.sock, body, self.out, self.server.config.sendfile_chunk
-            )
+            outcome, self.out, sent = transfer.send_buffers(self.sock, body, self.out, share)
         except transfer.TransferFailed as exc:
             self._failed_transfer(exc)
             return
         self.sent += sent
         if outcome is transfer.DONE:
+            if body.end < self.stop:  # a cold range of a sendfile response went out
+                self.pos = body.end
+                body.close()
+                self.body = None
+                self._to(SEND_FILE)
+                self._send_file(EPOLLOUT)
+                return
             self._finish()
         elif outcome is transfer.BLOCKED:
             self._block()
@@ -432,6 +500,9 @@ class Connection:
     # -- ending a response ---------------------------------------------------------------
 
     def _release_body(self) -> None:
+        if self.bulk:
+            self.bulk = False
+            self.server.bulk -= 1
         res = self.res
         if res is not None:
             self.res = None

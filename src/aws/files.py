@@ -54,6 +54,7 @@ class Resource:
 
     __slots__ = (
         "_date",
+        "_direct_fd",
         "_heads",
         "checked",
         "content_type",
@@ -63,6 +64,7 @@ class Resource:
         "identity",
         "last_modified",
         "mtime",
+        "probe",
         "refs",
         "replies",
         "size",
@@ -84,6 +86,10 @@ class Resource:
         self._date = b""
         self._heads: tuple[bytes, bytes] = (b"", b"")
         self.replies: object = None  # respond.py's whole-file replies, built once a second
+        # Not served within the revalidation interval: its pages may have left the page
+        # cache, so the next response asks (a hot file is asked about at most that often).
+        self.probe = True
+        self._direct_fd = -2  # -2: not opened yet, -1: the file system refuses O_DIRECT
 
     def fields(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -110,8 +116,24 @@ class Resource:
         if self.stale and not self.refs:
             self.close()
 
+    def direct_fd(self) -> int:
+        """A second descriptor of the same file with O_DIRECT, for reading a cold range
+        by AIO without waiting on the loop; -1 where the file system refuses it."""
+        if self._direct_fd == -2:
+            try:
+                # Through our own descriptor: the same file, whatever its path does now.
+                self._direct_fd = os.open(
+                    f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC | aiobind.O_DIRECT
+                )
+            except OSError:
+                self._direct_fd = -1
+        return self._direct_fd
+
     def close(self) -> None:
         self.replies = None  # they point back here
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -2
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -212,6 +234,7 @@ class FileCache:
                 st.st_ctime_ns,
             ):
                 old.checked = now
+                old.probe = True
                 return old
             self._drop(key, old)
         res = self._open(key, segments, now)

@@ -39,6 +39,7 @@ class Server:
         self.date = heads.DateCache()
         self.conns: set[Connection] = set()
         self.draining = False
+        self.bulk = 0  # long transfers in progress (they share each turn's byte budget)
         self.accept_paused = False
         self.refused = 0
         self.pauses = 0

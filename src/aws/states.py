@@ -72,11 +72,16 @@ MACHINE: dict[State, dict[State, str]] = {
         DONE: "head (and small body) sent",
         CLOSED: _GONE,
     },
-    SEND_FILE: {DONE: "last byte sent by sendfile", CLOSED: _GONE},
+    SEND_FILE: {
+        DONE: "last byte sent by sendfile",
+        AIO_WAIT: "the next range is not in the page cache: read it by AIO",
+        CLOSED: _GONE,
+    },
     # A dynamic response's head waits for the first chunk, so both leave in one sendmsg.
     AIO_WAIT: {SEND_BUFFER: "the chunk to send next is read", CLOSED: _GONE},
     SEND_BUFFER: {
         AIO_WAIT: "buffer sent, the next chunk is still being read",
+        SEND_FILE: "the cold range is sent: back to sendfile",
         DONE: "last byte sent",
         CLOSED: _GONE,
     },

@@ -15,10 +15,20 @@ import contextlib
 import os
 import socket
 
+from aiobind.pagecache import PAGE, cachestat, pages, uptodate_at
 from aws.aio import DynamicBody, FileChanged
 
 MSG_MORE = socket.MSG_MORE
 CORK_ABOVE = 256 * 1024  # static bodies this long are sent corked (nginx's tcp_nopush)
+
+# sendfile from a range that is not in the page cache reads it on the loop: a cold
+# 1 MiB took 2.25 ms against 117 us warm (dev machine), and every other client waits.
+# So before sendfile, ranges that can be cold are asked about (cachestat, ~1 us), and a
+# cold one is read by AIO (O_DIRECT: io_submit returns at once) and sent from buffers.
+# Measured alternatives: posix_fadvise(WILLNEED) blocks the loop ~230 us per MiB to
+# submit its reads; a preadv(RWF_NOWAIT) miss starts only ~16 KiB of readahead.
+PROBE_SPAN = 4 << 20  # asked about at once: one cachestat per 4 MiB sent when warm
+MIN_SLICE = 64 << 10  # a partly cached span is tried this small before going to AIO
 
 # Outcomes, compared by identity.
 DONE = "done"
@@ -125,3 +135,17 @@ def uncork(sock: socket.socket) -> None:
     """Push the last partial segment now."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+
+
+def warm_until(fd: int, pos: int, stop: int) -> int:
+    """How far from ``pos`` the file is in the page cache and readable without waiting
+    (``pos`` itself when the next bytes would come from the disk)."""
+    for span in (PROBE_SPAN, MIN_SLICE):
+        end = min(stop, pos + span)
+        if cachestat(fd, pos, end - pos).cache >= pages(pos, end - pos) and uptodate_at(
+            fd, (end - 1) // PAGE * PAGE
+        ):
+            return end
+        if end == stop:
+            break
+    return pos

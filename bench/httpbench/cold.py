@@ -1,0 +1,312 @@
+"""``make bench-cold``: does a small request wait behind big downloads whose data is on
+the disk, or merely behind big sends?
+
+One worker on CPU 0. On CPU 1: ``wrk -t1 -c10 --latency`` on a 1 KiB hot file, while 8
+client threads download 8 different 256 MiB ``/static/`` files over and over. Three
+cases: no downloads (baseline), the big files in the page cache, and the big files
+evicted (``posix_fadvise(DONTNEED)`` before every download, checked with ``fincore``).
+Servers: aws, nginx ``sendfile on``, nginx ``sendfile on; aio threads``; rounds alternate
+their order. Reported: hot req/s, p50/p99/max, and the downloads' MiB/s.
+
+Usage: python -m bench.httpbench.cold [--rounds 3] [--duration 8] [--out bench/cold_results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests import harness
+
+from . import BENCH_DIR, REPO_DIR
+from .preflight import ensure_tools, nginx_has_threads
+from .procs import free_port, probe
+
+MiB = 1 << 20
+BIG = 256 * MiB
+DOWNLOADS = 8
+SERVER_CPU, CLIENT_CPU = "0", "1"
+CASES = ("none", "cached", "evicted")
+SERVERS = ("aws", "nginx", "nginx-aio-threads")
+
+
+@dataclass
+class Cell:
+    rps: float
+    p50: float
+    p99: float
+    max: float
+    dl_mibs: float
+
+
+def make_root(tmp: Path) -> Path:
+    root = tmp / "root"
+    (root / "static").mkdir(parents=True)
+    (root / "static" / "hot.bin").write_bytes(os.urandom(1024))
+    block = os.urandom(16 * MiB)
+    for i in range(DOWNLOADS):
+        with open(root / "static" / f"big{i}.bin", "wb") as f:
+            for j in range(BIG // len(block)):
+                f.write(block[:-8] + j.to_bytes(4, "little") + i.to_bytes(4, "little"))
+            f.flush()
+            os.fsync(f.fileno())
+    for path in (tmp, root, root / "static"):
+        path.chmod(0o755)  # nginx workers run as nobody
+    return root
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def resident(path: Path) -> int:
+    """Bytes of the file in the page cache, as fincore (util-linux) reports them."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.split()[0])
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(8 * MiB):
+            pass
+
+
+@contextlib.contextmanager
+def server(name: str, root: Path, tmp: Path) -> Iterator[int]:
+    if name == "aws":
+        cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "aws", "--root", str(root)]
+        srv = harness.start([*cmd, "--workers", "1", "--log-level", "info"], cwd=REPO_DIR)
+        try:
+            yield srv.port
+        finally:
+            harness.stop(srv)
+        return
+    port = free_port()
+    aio = "aio threads;" if name == "nginx-aio-threads" else ""
+    conf = tmp / f"{name}.conf"
+    conf.write_text(
+        f"""worker_processes 1; daemon off; pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off; keepalive_requests 1000000;
+    client_body_temp_path {tmp}/cb; proxy_temp_path {tmp}/px; fastcgi_temp_path {tmp}/fc;
+    uwsgi_temp_path {tmp}/uw; scgi_temp_path {tmp}/sc;
+    server {{
+        listen 127.0.0.1:{port}; root {root};
+        location /static/ {{ sendfile on; tcp_nopush on; {aio} }}
+    }}
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        ["taskset", "-c", SERVER_CPU, "nginx", "-p", f"{tmp}/", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while probe(port) != 200:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{name} did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        harness.stop(proc)
+
+
+class Downloads:
+    """Client threads fetching the big files again and again, counting every byte."""
+
+    def __init__(self, port: int, files: list[Path], evicted: bool) -> None:
+        self.port = port
+        self.files = files
+        self.evicted = evicted
+        self.stop = threading.Event()
+        self.received = [0] * len(files)
+        self.errors: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(len(files))
+        ]
+
+    def __enter__(self) -> Downloads:
+        self.started = time.monotonic()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+        self.seconds = time.monotonic() - self.started
+
+    def _run(self, i: int) -> None:
+        buf = bytearray(MiB)
+        request = f"GET /static/{self.files[i].name} HTTP/1.1\r\nHost: b\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            while not self.stop.is_set():
+                if self.evicted:
+                    evict(self.files[i])
+                sock.sendall(request)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += sock.recv(4096)
+                head, _, rest = head.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                got = len(rest)
+                while got < length and not self.stop.is_set():
+                    n = sock.recv_into(buf)
+                    if not n:
+                        self.errors.append("closed mid-body")
+                        return
+                    got += n
+                    self.received[i] += n
+                if got < length:
+                    return  # stopped mid-body: the connection is dropped with the thread
+
+
+def run_wrk(port: int, duration: int) -> tuple[float, float, float, float]:
+    out = subprocess.run(
+        [
+            *("taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c10", f"-d{duration}s", "--latency"),
+            f"http://127.0.0.1:{port}/static/hot.bin",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+        check=True,
+    ).stdout
+
+    def ms(text: str) -> float:
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    lat_max = ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    return rps, p50, p99, lat_max
+
+
+def measure(name: str, case: str, root: Path, tmp: Path, duration: int) -> Cell:
+    files = sorted((root / "static").glob("big*.bin"))
+    if case == "cached":
+        for path in files:
+            warm(path)
+            assert resident(path) == BIG, f"{path.name} is not all in the page cache"
+    if case == "evicted":
+        for path in files:
+            evict(path)
+            assert resident(path) == 0, f"{path.name} is still in the page cache"
+    with server(name, root, tmp) as port:
+        if case == "none":
+            rps, p50, p99, lat_max = run_wrk(port, duration)
+            return Cell(rps, p50, p99, lat_max, 0.0)
+        with Downloads(port, files, evicted=case == "evicted") as dl:
+            time.sleep(0.5)  # the downloads are under way before the hot client starts
+            rps, p50, p99, lat_max = run_wrk(port, duration)
+        if dl.errors:
+            raise RuntimeError(f"{name}: downloads failed: {dl.errors[:3]}")
+        return Cell(rps, p50, p99, lat_max, sum(dl.received) / MiB / dl.seconds)
+
+
+def report(cells: dict[tuple[str, str], list[Cell]], servers: list[str], rounds: int) -> str:
+    lines = [
+        "# Cold-file benchmark (`make bench-cold`)",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {os.uname().release}, "
+        f"{rounds} alternated rounds, medians. One worker on CPU {SERVER_CPU}; wrk -t1 -c10 "
+        f"and {DOWNLOADS} download threads on CPU {CLIENT_CPU}.",
+        "",
+        "| big files | server | hot req/s | p50 ms | p99 ms | max ms | downloads MiB/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        for name in servers:
+            runs = cells.get((case, name), [])
+            if not runs:
+                continue
+
+            def med(attr: str, runs: list[Cell] = runs) -> float:
+                return statistics.median(getattr(c, attr) for c in runs)
+
+            lines.append(
+                f"| {case} | {name} | {med('rps'):,.0f} | {med('p50'):.2f} | {med('p99'):.2f} "
+                f"| {med('max'):.1f} | {med('dl_mibs'):,.0f} |"
+            )
+    lines += ["", "Every round:", ""]
+    for (case, name), runs in cells.items():
+        shown = "; ".join(
+            f"{c.rps:,.0f} req/s p99 {c.p99:.2f} ms max {c.max:.1f} ms dl {c.dl_mibs:,.0f}"
+            for c in runs
+        )
+        lines.append(f"- {case} / {name}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.httpbench.cold")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=int, default=8)
+    p.add_argument("--out", type=Path, default=BENCH_DIR / "cold_results.md")
+    p.add_argument("--servers", nargs="+", default=list(SERVERS), choices=SERVERS)
+    args = p.parse_args(argv)
+    ensure_tools()
+    if shutil.which("fincore") is None:
+        raise SystemExit("fincore (util-linux) is needed to check eviction")
+    servers = list(args.servers)
+    if "nginx-aio-threads" in servers and not nginx_has_threads():
+        print("this nginx has no thread pools: nginx-aio-threads left out", file=sys.stderr)
+        servers.remove("nginx-aio-threads")
+    os.sched_setaffinity(0, {int(CLIENT_CPU)})  # the download threads share wrk's core
+    tmp = Path(tempfile.mkdtemp(prefix="aws-bench-cold-", dir="/var/tmp"))
+    cells: dict[tuple[str, str], list[Cell]] = {}
+    try:
+        print(f"writing {DOWNLOADS} x {BIG // MiB} MiB under {tmp} ...", flush=True)
+        root = make_root(tmp)
+        for r in range(args.rounds):
+            order = servers[r % len(servers) :] + servers[: r % len(servers)]
+            for case in CASES:
+                for name in order:
+                    cell = measure(name, case, root, tmp, args.duration)
+                    cells.setdefault((case, name), []).append(cell)
+                    print(
+                        f"[round {r + 1}/{args.rounds}] {case:8} {name:18} {cell.rps:9,.0f} "
+                        f"req/s p99 {cell.p99:6.2f} ms max {cell.max:6.1f} ms "
+                        f"downloads {cell.dl_mibs:7,.0f} MiB/s",
+                        flush=True,
+                    )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = report(cells, servers, args.rounds)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

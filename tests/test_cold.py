@@ -1,0 +1,206 @@
+"""A loop that never waits on the disk: page-cache probes, the mixed path (a cold range
+of a /static/ body read by AIO and sent from buffers), and fair turns.
+
+Files live under /var/tmp: a real disk, where ``posix_fadvise(DONTNEED)`` after an
+``fsync`` really evicts (tmpfs pages never leave memory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+import aiobind
+from aws import transfer
+from tests.conftest import DocRoot, make_content, start_server, stop_server
+from tests.test_connection_states import Harness
+
+pytestmark = pytest.mark.timeout(60)
+MiB = 1 << 20
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert aiobind.cachestat(fd, 0, 0).cache == 0, "the page cache kept the file"
+    finally:
+        os.close(fd)
+
+
+def warm(path: Path, length: int) -> None:
+    with open(path, "rb") as f:
+        f.read(length)
+
+
+@pytest.fixture
+def cold_root() -> Iterator[DocRoot]:
+    base = Path(tempfile.mkdtemp(prefix="aws-cold-", dir="/var/tmp"))
+    root = DocRoot(base)
+    try:
+        for prefix in ("static", "dynamic"):
+            (base / prefix).mkdir()
+            for name, size in (("big.bin", 12 * MiB + 5), ("small.bin", 20_000)):
+                data = make_content(size)[::-1]
+                (base / prefix / name).write_bytes(data)
+                root.contents[f"/{prefix}/{name}"] = data
+        yield root
+    finally:
+        shutil.rmtree(base)
+
+
+# -- the probes ------------------------------------------------------------------------
+
+
+def test_cachestat_sees_eviction_and_reads(cold_root: DocRoot) -> None:
+    path = cold_root.path / "static" / "big.bin"
+    evict(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert aiobind.cachestat(fd, 0, 0).cache == 0
+        assert not aiobind.uptodate_at(fd, 0)
+        assert transfer.warm_until(fd, 0, 12 * MiB) == 0
+        os.pread(fd, 5 * MiB, 0)
+        assert aiobind.cachestat(fd, 0, 5 * MiB).cache == 5 * MiB // aiobind.PAGE_SIZE
+        assert aiobind.uptodate_at(fd, 5 * MiB - 1)
+        # warm for the first 4 MiB span; well past the 5 MiB read (and its readahead), cold
+        assert transfer.warm_until(fd, 0, 12 * MiB) == transfer.PROBE_SPAN
+        assert transfer.warm_until(fd, 10 * MiB, 12 * MiB) == 10 * MiB  # past readahead
+    finally:
+        os.close(fd)
+
+
+# -- the mixed path, in-process --------------------------------------------------------
+
+
+@pytest.fixture
+def harness(cold_root: DocRoot) -> Iterator[Harness]:
+    h = Harness(cold_root)
+    yield h
+    h.close()
+
+
+def _get(h: Harness, path: str) -> bytes:
+    h.client.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    [(status, body)] = h.responses(1)
+    assert status == 200
+    return body
+
+
+def test_a_cold_static_body_goes_out_by_aio_without_sendfile_waiting(
+    harness: Harness, cold_root: DocRoot
+) -> None:
+    evict(cold_root.path / "static" / "big.bin")
+    assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
+    names = [s.name for s in harness.conn.trace]
+    assert names[:4] == ["READ_HEAD", "SEND_HEAD", "SEND_FILE", "AIO_WAIT"], names
+    assert "SEND_BUFFER" in names
+    assert harness.conn.path == "mixed"  # sendfile and AIO
+    assert harness.conn.body is None and harness.conn.res is None
+    assert harness.server.bulk == 0  # the long transfer left the fair-share count
+
+
+def test_a_body_cold_at_the_start_goes_back_to_sendfile_where_it_is_warm(
+    harness: Harness, cold_root: DocRoot
+) -> None:
+    path = cold_root.path / "static" / "big.bin"
+    evict(path)
+    with open(path, "rb") as f:  # only the tail in the page cache
+        f.seek(9 * MiB)
+        f.read()
+    assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
+    names = " ".join(s.name for s in harness.conn.trace)
+    assert names.startswith("READ_HEAD SEND_HEAD SEND_FILE AIO_WAIT SEND_BUFFER"), names
+    # the AIO reads (O_DIRECT) leave no readahead behind: cold up to the tail, then
+    # sendfile again for the part that is in the page cache
+    assert "SEND_BUFFER SEND_FILE" in names and names.endswith("SEND_FILE DONE READ_HEAD")
+    assert harness.server.bulk == 0
+
+
+def test_a_warm_body_never_leaves_sendfile(harness: Harness, cold_root: DocRoot) -> None:
+    path = cold_root.path / "static" / "big.bin"
+    warm(path, 13 * MiB)
+    assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
+    names = [s.name for s in harness.conn.trace]
+    assert names == ["READ_HEAD", "SEND_HEAD", "SEND_FILE", "DONE", "READ_HEAD"], names
+
+
+def test_a_cold_small_dynamic_file_is_read_direct(harness: Harness, cold_root: DocRoot) -> None:
+    """Below --directio, reads are buffered and io_submit would read a cold file inside
+    the call: the first request after a revalidation asks, and goes O_DIRECT if cold."""
+    evict(cold_root.path / "dynamic" / "small.bin")
+    assert _get(harness, "/dynamic/small.bin") == cold_root.content("/dynamic/small.bin")
+    cache = harness.server.dynamic
+    [res] = cache._entries.values()
+    assert res.direct_fd() >= 0  # opened for the cold read
+    assert not res.probe  # asked once; the next request within the interval does not
+
+
+def test_fair_share_bounds_each_turn(harness: Harness, cold_root: DocRoot) -> None:
+    """With eight long transfers in progress, one of them sends at most an eighth of
+    sendfile_chunk per loop turn (never less than MIN_SLICE)."""
+    warm(cold_root.path / "static" / "big.bin", 13 * MiB)
+    harness.server.bulk = 7  # seven other downloads, as the worker counts them
+    harness.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+    share = max(transfer.MIN_SLICE, harness.server.config.sendfile_chunk // 8)
+    steps = []
+    for _ in range(40):
+        before = harness.conn.sent
+        harness.loop.run_once()
+        harness._read_client()
+        steps.append(harness.conn.sent - before)
+    assert max(steps) <= share, steps
+    assert sum(steps) > 4 * share  # and it kept going
+    harness.server.bulk = 0
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["plain", "shim"])
+def test_cold_files_are_served_byte_identical(
+    cold_root: DocRoot, mode: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    shim = stats = None
+    if mode == "shim":
+        shim = request.getfixturevalue("shim_so")
+        stats = tmp_path / "stats"
+    srv = start_server(
+        cold_root.path, docroot=cold_root, mode=mode, shim=shim, stats_path=stats, workers=1
+    )
+    try:
+        with requests.Session() as http:
+            for _ in range(2):
+                for prefix in ("static", "dynamic"):
+                    for name in ("big.bin", "small.bin"):
+                        evict(cold_root.path / prefix / name)
+                        url = f"{srv.url}/{prefix}/{name}"
+                        resp = http.get(url, timeout=30)
+                        assert resp.status_code == 200
+                        assert resp.content == cold_root.content(f"/{prefix}/{name}")
+                        ranged = http.get(url, headers={"Range": "bytes=4097-"}, timeout=30)
+                        assert ranged.status_code == 206
+                        assert ranged.content == cold_root.content(f"/{prefix}/{name}")[4097:]
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()
+
+
+def test_the_path_each_response_took_is_recorded(harness: Harness, cold_root: DocRoot) -> None:
+    """What the access log and the metrics report: sendfile, mixed, aio-direct, aio-buffered."""
+    warm(cold_root.path / "static" / "big.bin", 13 * MiB)
+    _get(harness, "/static/big.bin")
+    assert harness.conn.path == "sendfile"
+    harness.received.clear()
+    warm(cold_root.path / "dynamic" / "small.bin", 1 << 20)
+    _get(harness, "/dynamic/small.bin")  # below --directio, warm: buffered
+    assert harness.conn.path == "aio-buffered"
+    harness.received.clear()
+    _get(harness, "/dynamic/big.bin")  # above --directio: O_DIRECT
+    assert harness.conn.path == "aio-direct"
