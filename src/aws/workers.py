@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiobind
+from aws import tls
 from aws.config import Config
 from aws.proctitle import set_title
 from aws.worker import EXIT_FATAL, STOP_SIGNALS, run_worker, worker_process
@@ -79,6 +80,29 @@ def make_listeners(host: str, port: int, count: int, backlog: int) -> list[socke
     return listeners
 
 
+def check_tls(config: Config) -> None:
+    """A bad certificate or key stops the start with one line, not a restart loop."""
+    if config.tls_cert is None:
+        if config.tls_key is not None:
+            raise StartupError("--tls-key needs --tls-cert")
+        return
+    try:
+        tls.build_context(config.tls_cert, config.tls_key)
+    except tls.TlsSetupError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def tls_listeners(config: Config, count: int) -> list[socket.socket] | list[None]:
+    if config.tls_cert is None:
+        return [None] * count
+    return make_listeners(config.host, config.tls_port, count, config.backlog)
+
+
+def log_tls(config: Config, port: int | None) -> None:
+    if port is not None:
+        log.info("aws listening on https://%s:%d (TLS)", config.host, port)
+
+
 def check_aio(workers: int, maxevents: int) -> None:
     """Every worker needs an AIO context: find out now, not in a restart loop."""
     contexts = []
@@ -97,6 +121,7 @@ class WorkerSlot:
     index: int
     cpu: int | None
     listener: socket.socket
+    tls_listener: socket.socket | None = None
     pid: int = 0
     started: float = 0.0
     backoff: float = BACKOFF_FIRST
@@ -114,17 +139,21 @@ class Supervisor:
 
     def start(self) -> None:
         config = self.config
+        check_tls(config)
         listeners = make_listeners(config.host, config.port, config.workers, config.backlog)
         self.port = listeners[0].getsockname()[1]
+        secure: list[socket.socket] | list[None] = []
         try:
+            secure = tls_listeners(config, config.workers)
             check_aio(config.workers, config.aio_maxevents)
         except StartupError:
-            for sock in listeners:
-                sock.close()
+            for sock in [*listeners, *secure]:
+                if sock is not None:
+                    sock.close()
             raise
-        for i, sock in enumerate(listeners):
+        for i, (sock, tls_sock) in enumerate(zip(listeners, secure, strict=True)):
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
-            self.slots.append(WorkerSlot(i, cpu, sock))
+            self.slots.append(WorkerSlot(i, cpu, sock, tls_sock))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
         for slot in self.slots:
@@ -137,13 +166,29 @@ class Supervisor:
             "" if config.workers == 1 else "s",
             os.path.abspath(config.root),
         )
+        first = self.slots[0].tls_listener
+        log_tls(config, first.getsockname()[1] if first is not None else None)
 
     def _spawn(self, slot: WorkerSlot) -> None:
         supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
-            others = [other.listener for other in self.slots if other is not slot]
-            worker_process(slot.index, slot.cpu, slot.listener, self.config, supervisor, others)
+            others = [
+                sock
+                for other in self.slots
+                if other is not slot
+                for sock in (other.listener, other.tls_listener)
+                if sock is not None
+            ]
+            worker_process(
+                slot.index,
+                slot.cpu,
+                slot.listener,
+                self.config,
+                supervisor,
+                others,
+                tls_listener=slot.tls_listener,
+            )
         if slot.cpu is not None:
             # The child pins itself too; doing it here as well means that once fork has
             # returned, nobody (ps, taskset -p, a test) can see the worker unpinned.
@@ -225,6 +270,8 @@ class Supervisor:
         )
         for slot in self.slots:
             slot.listener.close()  # the workers' copies keep theirs until they drain
+            if slot.tls_listener is not None:
+                slot.tls_listener.close()
         self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, signo: int) -> None:
@@ -244,15 +291,20 @@ class SingleProcess:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.listener: socket.socket | None = None
+        self.tls_listener: socket.socket | None = None
         self.port = 0
 
     def start(self) -> None:
         config = self.config
+        check_tls(config)
         [listener] = make_listeners(config.host, config.port, 1, config.backlog)
         try:
+            [self.tls_listener] = tls_listeners(config, 1)
             check_aio(1, config.aio_maxevents)
         except StartupError:
             listener.close()
+            if self.tls_listener is not None:
+                self.tls_listener.close()
             raise
         self.listener = listener
         self.port = listener.getsockname()[1]
@@ -263,10 +315,12 @@ class SingleProcess:
         log.info(
             "aws listening on http://%s:%d with 1 worker, root %s", config.host, self.port, root
         )
+        tls_port = self.tls_listener.getsockname()[1] if self.tls_listener is not None else None
+        log_tls(config, tls_port)
 
     def run(self) -> int:
         assert self.listener is not None
-        status = run_worker(0, None, self.listener, self.config)
+        status = run_worker(0, None, self.listener, self.config, tls_listener=self.tls_listener)
         if status == EXIT_FATAL:
             return 1
         log.info("stopped")
