@@ -51,10 +51,11 @@ def build_context(cert: str, key: str | None, ktls: bool = False) -> ssl.SSLCont
     if ktls and KTLS_OPTION:
         ctx.options |= KTLS_OPTION
     ctx.set_alpn_protocols(list(ALPN))
+    for path in (cert, key):
+        if path is not None and not os.path.isfile(path):  # ssl's error does not say which
+            raise TlsSetupError(f"TLS certificate or key not found: {path}")
     try:
         ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise TlsSetupError(f"TLS certificate or key not found: {exc.filename}") from None
     except ssl.SSLError as exc:
         raise TlsSetupError(f"TLS certificate or key unusable: {exc.reason or exc}") from None
     except OSError as exc:

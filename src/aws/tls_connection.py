@@ -126,8 +126,9 @@ class TlsConnection(Connection):
                 if not raw.recv(RECV_SIZE):
                     break
         reply = heads.error_response(400, self.server.date.value, False)
-        with contextlib.suppress(OSError):
-            raw.send(reply)
+        with contextlib.suppress(OSError):  # a full socket buffer: the client gets a close
+            while reply:
+                reply = reply[raw.send(reply) :]
         self.close()
 
     def timed_out(self) -> None:
