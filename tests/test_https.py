@@ -162,6 +162,15 @@ def test_plain_http_on_the_tls_port_gets_a_400_and_a_log_line(https: Https) -> N
     assert https.srv.wait_for_log("400, plain HTTP sent to the TLS port") is not None
 
 
+def test_a_malformed_request_over_tls_is_a_400_then_a_close(https: Https) -> None:
+    with TlsRawClient(https) as client:
+        client.send(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n")
+        status, headers, _ = client.response()
+        assert status == 400 and headers["connection"] == "close"
+        client.send(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")  # never read
+        assert client.closed_by_peer()
+
+
 def test_the_plain_port_still_serves_plain_http(https: Https) -> None:
     resp = requests.get(https.srv.url + "/static/hello.txt", timeout=10)
     assert resp.status_code == 200 and resp.content == b"hello\n"

@@ -34,7 +34,7 @@ HANDSHAKE = State("HANDSHAKE", "in the TLS handshake")
 READ_HEAD = State("READ_HEAD", "reading a request head")
 READ_BODY = State("READ_BODY", "discarding a request body")
 SEND_HEAD = State("SEND_HEAD", "sending a head (and a small body)")
-SEND_FILE = State("SEND_FILE", "sending a static file with sendfile")
+SEND_FILE = State("SEND_FILE", "sending a static file (sendfile, or read + SSL_write)")
 AIO_WAIT = State("AIO_WAIT", "waiting for an AIO read")
 SEND_BUFFER = State("SEND_BUFFER", "sending an AIO buffer")
 DONE = State("DONE", "response complete")
@@ -86,7 +86,8 @@ MACHINE: dict[State, dict[State, str]] = {
         DONE: "head (and small body) sent",
         CLOSED: _GONE,
     },
-    SEND_FILE: {DONE: "last byte sent by sendfile", CLOSED: _GONE},
+    # Over TLS without kTLS the same state reads chunks and SSL_writes them.
+    SEND_FILE: {DONE: "last byte sent by sendfile (or SSL_write)", CLOSED: _GONE},
     # A dynamic response's head waits for the first chunk, so both leave in one sendmsg.
     AIO_WAIT: {SEND_BUFFER: "the chunk to send next is read", CLOSED: _GONE},
     SEND_BUFFER: {
