@@ -251,10 +251,10 @@ class TlsAcceptor:
         self.listener: socket.socket | None = listener
         assert server.tls is not None
         side = server.tls
-        wrap = side.context.wrap_socket
 
         def make(owner: Server, sock: socket.socket, peer: object) -> Connection:
-            ssock = wrap(sock, server_side=True, do_handshake_on_connect=False)
+            # side.context looked up each time: a reload takes effect at the next accept.
+            ssock = side.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             return TlsConnection(owner, ssock, peer, side)
 
         self._make = make

@@ -37,6 +37,7 @@ class TlsSide:
     def __init__(self, config: Config) -> None:
         assert config.tls_cert is not None
         want_ktls, why = tls.ktls_plan()
+        self.config = config
         self.context = tls.build_context(config.tls_cert, config.tls_key, want_ktls)
         self.ktls_requested = want_ktls
         self.buffers = BufferPool(config.tls_chunk, keep=config.tls_buffers)
@@ -50,6 +51,16 @@ class TlsSide:
                 why,
                 config.tls_chunk // 1024,
             )
+
+    def reload(self) -> None:
+        """Read the certificate and key again (a renewal): new connections get the new
+        context, those already open keep theirs. Raises TlsSetupError, keeping the old
+        context, when the new files are unusable."""
+        assert self.config.tls_cert is not None
+        self.context = tls.build_context(
+            self.config.tls_cert, self.config.tls_key, self.ktls_requested
+        )
+        log.info("TLS: certificate reloaded from %s", self.config.tls_cert)
 
     def report(self, ktls: bool) -> None:
         """Log once per worker what the kernel did with the first handshake."""
