@@ -7,6 +7,7 @@ and a socketpair's small buffer makes every large body block (and SSL_write retr
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import socket
@@ -256,3 +257,30 @@ def test_reload_picks_up_a_renewed_certificate(certs: Certs, tmp_path: Path) -> 
         assert side.context is current
     finally:
         side.close()
+
+
+@pytest.mark.parametrize("size", [1, 4097])
+def test_with_ktls_static_bodies_take_the_sendfile_loop(
+    harness: TlsHarness, docroot: DocRoot, size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This kernel has no kTLS, so the kernel's part is played by a stand-in: once the
+    handshake says the kernel took over, the body must go through transfer.sendfile on
+    the socket's fd (here encrypted by the stand-in), with no read buffer staged."""
+    assert harness.server.tls is not None
+    harness.server.tls.ktls_requested = True
+    monkeypatch.setattr(tls_connection.tls, "kernel_sends", lambda sock: True)
+    calls: list[tuple[int, int, int]] = []
+
+    def kernel_sendfile(out_fd: int, in_fd: int, pos: int, stop: int, budget: int) -> int:
+        assert out_fd == harness.conn.fd
+        calls.append((pos, stop, budget))
+        harness.conn.sock.sendall(os.pread(in_fd, stop - pos, pos))  # what kTLS would send
+        return stop
+
+    monkeypatch.setattr(tls_connection.transfer, "sendfile", kernel_sendfile)
+    path = f"/static/{file_name(size)}"
+    harness.send(_get(path))
+    assert harness.body_of(size) == docroot.content(path)
+    assert harness.conn.ktls
+    assert calls == [(0, size, harness.server.config.sendfile_chunk)]
+    assert harness.server.tls.buffers.outstanding == 0 and harness.server.tls.buffers.idle == 0
