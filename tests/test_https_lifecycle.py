@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -255,3 +256,37 @@ def test_a_bad_certificate_stops_the_start_with_one_line(
     assert proc.returncode == 1 and f"not found: {missing}" in proc.stderr
     proc = _start_fails(["--tls-key", str(certs.key)], docroot.path)
     assert proc.returncode == 1 and "--tls-key needs --tls-cert" in proc.stderr
+
+
+def test_restarted_workers_serve_a_renewed_certificate(
+    docroot: DocRoot, certs: Certs, tmp_path: Path
+) -> None:
+    """Each worker reads the certificate when it starts: after a renewal, workers the
+    supervisor restarts present the new one (and a full restart does too)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(certs.cert, cert)
+    shutil.copy(certs.key, key)
+    live = Certs(certs.ca, cert, key)
+    https = start_https(docroot.path, docroot=docroot, certs=live, workers=2)
+    try:
+        with TlsRawClient(https) as client:
+            client.send(_get("/static/hello.txt"))
+            assert client.response()[2] == b"hello\n"
+        (tmp_path / "renewed").mkdir()
+        renewed = make_certs(tmp_path / "renewed")
+        shutil.copy(renewed.cert, cert)
+        shutil.copy(renewed.key, key)
+        old = https.srv.worker_pids()
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while https.srv.log().count("restarted as pid") < len(old):
+            assert time.monotonic() < deadline, https.srv.log()
+            time.sleep(0.05)
+        https.certs = renewed  # clients now trust only the new CA
+        for _ in range(8):  # REUSEPORT spreads these over both new workers
+            with TlsRawClient(https) as client:
+                client.send(_get("/static/hello.txt"))
+                assert client.response()[2] == b"hello\n"
+    finally:
+        stop_server(https.srv.proc)
