@@ -5,6 +5,7 @@ certificate stops the start with one line."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -290,3 +291,45 @@ def test_restarted_workers_serve_a_renewed_certificate(
                 assert client.response()[2] == b"hello\n"
     finally:
         stop_server(https.srv.proc)
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports the process listens on: its socket inodes matched in /proc/net/tcp*."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_https_only_with_plain_off(docroot: DocRoot, certs: Certs, workers: int) -> None:
+    https = start_https(
+        docroot.path, docroot=docroot, certs=certs, workers=workers, extra=["--plain", "off"]
+    )
+    try:
+        assert "listening on http://" not in https.srv.log()
+        assert https.srv.wait_for_log(rf"\(TLS\), HTTPS only, with {workers} worker")
+        for pid in https.srv.worker_pids():
+            assert listening_ports(pid) == {https.port}, https.srv.log()
+        with TlsRawClient(https) as client:
+            client.send(_get("/dynamic/f4097.bin"))
+            status, _, body = client.response()
+            assert status == 200 and body == docroot.content("/dynamic/f4097.bin")
+        https.srv.proc.send_signal(signal.SIGTERM)
+        assert https.srv.proc.wait(10) == 0
+    finally:
+        stop_server(https.srv.proc)
+
+
+def test_plain_off_without_a_certificate_is_refused(docroot: DocRoot) -> None:
+    proc = _start_fails(["--plain", "off"], docroot.path)
+    assert proc.returncode == 1 and "--plain off needs --tls-cert" in proc.stderr

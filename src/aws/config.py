@@ -130,6 +130,11 @@ class Config:
     tls_port: int = option(
         8443, parse=int, help="TCP port for HTTPS, beside --port (0 picks a free one)"
     )
+    plain: str = option(
+        "on",
+        choices=("on", "off"),
+        help="plain HTTP on --port; off: HTTPS only, on --tls-port (needs --tls-cert)",
+    )
     tls_chunk: int = 256 * 1024  # bytes read and handed to SSL_write at a time (no kTLS)
     tls_buffers: int = 16  # idle TLS read buffers a worker keeps for reuse
     open_file_cache: int = 1024  # open files kept per prefix per worker

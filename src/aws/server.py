@@ -38,7 +38,7 @@ class Server:
         self,
         config: Config,
         loop: Loop,
-        listener: socket.socket,
+        listener: socket.socket | None,
         tls_listener: socket.socket | None = None,
     ) -> None:
         self.config = config
@@ -88,8 +88,9 @@ class Server:
             self.access_log = os.fdopen(os.dup(1), "w", buffering=1)
         elif config.access_log:
             self.access_log = open(config.access_log, "a", buffering=1)  # noqa: SIM115
-        listener.setblocking(False)
-        loop.add(listener.fileno(), EPOLLIN, self)
+        if listener is not None:  # None: HTTPS only (--plain off)
+            listener.setblocking(False)
+            loop.add(listener.fileno(), EPOLLIN, self)
         if tls_listener is not None:
             tls_listener.setblocking(False)
             self.tls_accept = TlsAcceptor(self, tls_listener)
@@ -147,7 +148,7 @@ class Server:
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: a level-triggered listener would wake us forever, so stop
         polling it for a moment and keep serving the connections we have."""
-        if self.accept_paused or self.listener is None:
+        if self.accept_paused or not self._listeners():
             return
         self.pauses += 1
         if self.pauses & (self.pauses - 1) == 0:  # log at powers of two, not 10 times a second

@@ -68,7 +68,7 @@ class SignalWatcher:
 def run_worker(
     index: int,
     cpu: int | None,
-    listener: socket.socket,
+    listener: socket.socket | None,
     config: Config,
     supervisor: int | None = None,
     tls_listener: socket.socket | None = None,
@@ -150,7 +150,7 @@ def _watch_supervisor(supervisor: int) -> None:
 def worker_process(
     index: int,
     cpu: int | None,
-    listener: socket.socket,
+    listener: socket.socket | None,
     config: Config,
     supervisor: int,
     inherited: Iterable[socket.socket] = (),

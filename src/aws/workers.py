@@ -85,6 +85,8 @@ def check_tls(config: Config) -> None:
     if config.tls_cert is None:
         if config.tls_key is not None:
             raise StartupError("--tls-key needs --tls-cert")
+        if config.plain == "off":
+            raise StartupError("--plain off needs --tls-cert (nothing would listen)")
         return
     try:
         tls.build_context(config.tls_cert, config.tls_key)
@@ -92,15 +94,41 @@ def check_tls(config: Config) -> None:
         raise StartupError(str(exc)) from None
 
 
-def tls_listeners(config: Config, count: int) -> list[socket.socket] | list[None]:
+Listeners = list[socket.socket] | list[None]
+
+
+def plain_listeners(config: Config, count: int) -> Listeners:
+    if config.plain == "off":
+        return [None] * count
+    return make_listeners(config.host, config.port, count, config.backlog)
+
+
+def tls_listeners(config: Config, count: int) -> Listeners:
     if config.tls_cert is None:
         return [None] * count
     return make_listeners(config.host, config.tls_port, count, config.backlog)
 
 
-def log_tls(config: Config, port: int | None) -> None:
-    if port is not None:
-        log.info("aws listening on https://%s:%d (TLS)", config.host, port)
+def close_all(*groups: Listeners) -> None:
+    for group in groups:
+        for sock in group:
+            if sock is not None:
+                sock.close()
+
+
+def announce(config: Config, plain: socket.socket | None, secure: socket.socket | None) -> int:
+    """The listening lines (harnesses wait for the first); returns the main port."""
+    n = config.workers
+    where = f"with {n} worker{'' if n == 1 else 's'}, root {os.path.abspath(config.root)}"
+    ports = []
+    if plain is not None:
+        ports.append(plain.getsockname()[1])
+        log.info("aws listening on http://%s:%d %s", config.host, ports[-1], where)
+    if secure is not None:
+        ports.append(secure.getsockname()[1])
+        also = "" if plain is not None else f", HTTPS only, {where}"
+        log.info("aws listening on https://%s:%d (TLS)%s", config.host, ports[-1], also)
+    return int(ports[0])
 
 
 def check_aio(workers: int, maxevents: int) -> None:
@@ -120,7 +148,7 @@ def check_aio(workers: int, maxevents: int) -> None:
 class WorkerSlot:
     index: int
     cpu: int | None
-    listener: socket.socket
+    listener: socket.socket | None  # None with --plain off
     tls_listener: socket.socket | None = None
     pid: int = 0
     started: float = 0.0
@@ -140,16 +168,13 @@ class Supervisor:
     def start(self) -> None:
         config = self.config
         check_tls(config)
-        listeners = make_listeners(config.host, config.port, config.workers, config.backlog)
-        self.port = listeners[0].getsockname()[1]
-        secure: list[socket.socket] | list[None] = []
+        listeners = plain_listeners(config, config.workers)
+        secure: Listeners = []
         try:
             secure = tls_listeners(config, config.workers)
             check_aio(config.workers, config.aio_maxevents)
         except StartupError:
-            for sock in [*listeners, *secure]:
-                if sock is not None:
-                    sock.close()
+            close_all(listeners, secure)
             raise
         for i, (sock, tls_sock) in enumerate(zip(listeners, secure, strict=True)):
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
@@ -158,16 +183,7 @@ class Supervisor:
         set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
         for slot in self.slots:
             self._spawn(slot)
-        log.info(
-            "aws listening on http://%s:%d with %d worker%s, root %s",
-            config.host,
-            self.port,
-            config.workers,
-            "" if config.workers == 1 else "s",
-            os.path.abspath(config.root),
-        )
-        first = self.slots[0].tls_listener
-        log_tls(config, first.getsockname()[1] if first is not None else None)
+        self.port = announce(config, listeners[0], secure[0])
 
     def _spawn(self, slot: WorkerSlot) -> None:
         supervisor = os.getpid()
@@ -269,9 +285,7 @@ class Supervisor:
             self.config.drain_timeout,
         )
         for slot in self.slots:
-            slot.listener.close()  # the workers' copies keep theirs until they drain
-            if slot.tls_listener is not None:
-                slot.tls_listener.close()
+            close_all([slot.listener, slot.tls_listener])  # workers drain with their copies
         self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, signo: int) -> None:
@@ -297,29 +311,20 @@ class SingleProcess:
     def start(self) -> None:
         config = self.config
         check_tls(config)
-        [listener] = make_listeners(config.host, config.port, 1, config.backlog)
+        [self.listener] = plain_listeners(config, 1)
         try:
             [self.tls_listener] = tls_listeners(config, 1)
             check_aio(1, config.aio_maxevents)
         except StartupError:
-            listener.close()
-            if self.tls_listener is not None:
-                self.tls_listener.close()
+            close_all([self.listener, self.tls_listener])
             raise
-        self.listener = listener
-        self.port = listener.getsockname()[1]
         # Held until the worker's watcher is in place: a signal now drains, once it is.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         root = os.path.abspath(config.root)
         set_title(f"aws: single process, root {root}")
-        log.info(
-            "aws listening on http://%s:%d with 1 worker, root %s", config.host, self.port, root
-        )
-        tls_port = self.tls_listener.getsockname()[1] if self.tls_listener is not None else None
-        log_tls(config, tls_port)
+        self.port = announce(config, self.listener, self.tls_listener)
 
     def run(self) -> int:
-        assert self.listener is not None
         status = run_worker(0, None, self.listener, self.config, tls_listener=self.tls_listener)
         if status == EXIT_FATAL:
             return 1
