@@ -109,6 +109,10 @@ class TlsConnection(Connection):
         except ssl.SSLWantWriteError:
             self._want(EPOLLOUT)
             return
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # the client left halfway
+            log.debug("%s: closed during the TLS handshake: %s", self.peer, exc)
+            self.close()
+            return
         except ssl.SSLError as exc:
             if exc.reason == "HTTP_REQUEST":
                 self._plain_http()
