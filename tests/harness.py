@@ -20,7 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LISTENING = re.compile(r"listening on http://([\d.:\[\]a-f]+?):(\d+)")
+# The first listening line: plain HTTP's, or HTTPS's when the server has no plain port.
+LISTENING = re.compile(r"listening on https?://([\d.:\[\]a-f]+?):(\d+)")
 
 
 class StartError(RuntimeError):

@@ -50,9 +50,10 @@ def test_closed_is_terminal_and_reachable_from_everywhere() -> None:
             assert state not in TRANSITIONS[state], f"{state.name} loops onto itself"
 
 
-def test_every_state_is_reachable_from_read_head() -> None:
-    seen = {S.READ_HEAD}
-    todo = [S.READ_HEAD]
+def test_every_state_is_reachable_from_an_entry() -> None:
+    assert set(S.ENTRIES) == {S.READ_HEAD, S.HANDSHAKE}
+    seen = set(S.ENTRIES)
+    todo = list(S.ENTRIES)
     while todo:
         for nxt in TRANSITIONS[todo.pop()]:
             if nxt not in seen:

@@ -27,7 +27,7 @@ from .chart import write_chart
 from .preflight import choose_nginx_aio, ensure_tools, preflight_server
 from .procs import stop_all
 from .report import nginx_log_notes, progress_text, write_report
-from .servers import SERVERS, Context, ServerSpec, servers_for
+from .servers import SERVERS, Context, ServerSpec, ktls_note, make_cert, servers_for
 from .workloads import WORKLOADS, make_root
 from .wrk import NOISY_PCT, Outcome, foreign_cpu_pct, measure
 
@@ -97,7 +97,8 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     """Preflight every server, run the rounds, write the report and chart."""
     root, digests = make_root(tmp)
     aio, aio_note = choose_nginx_aio()
-    ctx = Context(tmp=tmp, root=root, digests=digests, nginx_aio=aio)
+    ctx = Context(tmp=tmp, root=root, digests=digests, nginx_aio=aio, tls=make_cert(tmp))
+    ctx.notes.append(ktls_note())
     if aio_note:
         ctx.notes.append(aio_note)
         print(f"note: {aio_note}")

@@ -7,10 +7,12 @@ other servers are spawned here (they print no listening line) and stopped by the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -124,13 +126,20 @@ def run_cmd(argv: Sequence[str], timeout: float = 600) -> subprocess.CompletedPr
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def probe(port: int) -> int | None:
-    """One GET /static/1k.bin; returns the status, or None if nothing answered yet."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+def probe(port: int, tls: ssl.SSLContext | None = None) -> int | None:
+    """One GET /static/1k.bin; returns the status, or None if nothing answered yet.
+    With ``tls``, over HTTPS, and the body must be the generated file's."""
+    conn: http.client.HTTPConnection
+    if tls is None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    else:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=tls)
     try:
         conn.request("GET", "/static/1k.bin")
         resp = conn.getresponse()
-        resp.read()
+        body = resp.read()
+        if tls is not None and resp.status == 200:
+            _last_tls_body[:] = [hashlib.sha256(body).hexdigest()]
         return resp.status
     except (OSError, http.client.HTTPException):
         return None
@@ -138,14 +147,32 @@ def probe(port: int) -> int | None:
         conn.close()
 
 
-def wait_ready(srv: Launched) -> None:
-    """Block until the server answers 200 on the small file, or fail with its output's tail."""
+_last_tls_body: list[str] = []  # the digest of the last HTTPS probe's body
+
+
+def wait_ready_tls(ctx: Context, spec: ServerSpec, srv: Launched, port: int, cert: Path) -> None:
+    """The HTTPS listener answers with the right bytes; note (once) which TLS path aws took
+    (its start-up log says whether the kernel does the encryption)."""
+    wait_ready(srv, port, ssl.create_default_context(cafile=str(cert)))
+    if _last_tls_body != [ctx.digests["/static/1k.bin"]]:
+        raise ServerError("HTTPS body of /static/1k.bin differs from the generated file")
+    if spec.name == "aws":
+        for line in srv.output().splitlines():
+            if "aws.tls: TLS:" in line:
+                note = "aws " + line.split("aws.tls: ", 1)[1].strip()
+                if note not in ctx.notes:
+                    ctx.notes.append(note)
+
+
+def wait_ready(srv: Launched, port: int | None = None, tls: ssl.SSLContext | None = None) -> None:
+    """Block until the server answers 200 on the small file, or fail with its output's tail.
+    ``port`` and ``tls``: the HTTPS listener instead of the plain one."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     last: int | None = None
     while time.monotonic() < deadline:
         if srv.proc.poll() is not None:
             raise ServerError(f"exited with {srv.proc.returncode}: {log_tail(srv.output())}")
-        last = probe(srv.port)
+        last = probe(port or srv.port, tls)
         if last == 200:
             return
         time.sleep(0.05)
@@ -159,6 +186,8 @@ def running(ctx: Context, spec: ServerSpec) -> Iterator[tuple[int, int]]:
     srv = launch(ctx, spec)
     try:
         wait_ready(srv)
+        if ctx.tls_port is not None and ctx.tls is not None:
+            wait_ready_tls(ctx, spec, srv, ctx.tls_port, ctx.tls.cert)
         yield srv.port, srv.proc.pid
     finally:
         was_alive = srv.proc.poll() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,32 @@ class Context:
     nginx_aio: str
     notes: list[str] = field(default_factory=list)
     log_seq: int = 0
+    tls: TlsFiles | None = None  # one certificate for every server's HTTPS listener
+    tls_port: int | None = None  # set for the cell being measured when it is over HTTPS
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+
+
+def make_cert(tmp: Path) -> TlsFiles | None:
+    """A self-signed P-256 certificate for 127.0.0.1 (openssl CLI; None if it fails).
+    wrk does not verify it; the readiness probe does, against the certificate itself."""
+    files = TlsFiles(tmp / "tls-cert.pem", tmp / "tls-key.pem")
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    argv += ["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"]
+    argv += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    argv += ["-keyout", str(files.key), "-out", str(files.cert)]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    except OSError:
+        return None
+    if done.returncode != 0:
+        return None
+    files.key.chmod(0o644)  # nginx reads it as root before dropping privileges; a temp dir
+    return files
 
 
 @dataclass(frozen=True)
@@ -51,6 +78,13 @@ def missing_modules(spec: ServerSpec) -> list[str]:
     return [mod for mod in spec.modules if importlib.util.find_spec(mod) is None]
 
 
+def ktls_note() -> str:
+    """Which TLS path this machine offers, for the report: say so rather than guess."""
+    if not Path("/sys/module/tls").is_dir():
+        return "HTTPS rows: this kernel has no tls module, so no kTLS: both encrypt in user space"
+    return "HTTPS rows: the kernel has the tls module (kTLS possible; see aws's TLS line)"
+
+
 def nginx_conf(ctx: Context, port: int) -> Path:
     """Tuned single-worker nginx: sendfile for static/, thread-pool aio+directio for dynamic/."""
     tmp = ctx.tmp / "nginx"
@@ -59,6 +93,20 @@ def nginx_conf(ctx: Context, port: int) -> Path:
         f"    {kind}_temp_path {tmp}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    tls_server = ""
+    if ctx.tls_port is not None and ctx.tls is not None:
+        # TLS 1.3 only, the suites OpenSSL prefers by default (aws's too); kTLS when the
+        # kernel and OpenSSL offer it, so /static/ keeps using sendfile.
+        tls_server = f"""
+    server {{
+        listen 127.0.0.1:{ctx.tls_port} ssl;
+        ssl_certificate {ctx.tls.cert};
+        ssl_certificate_key {ctx.tls.key};
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Options KTLS;
+        root {ctx.root};
+        location /static/ {{ sendfile on; tcp_nopush on; }}
+    }}"""
     conf = f"""worker_processes 1;
 daemon off;
 pid {tmp}/nginx.pid;
@@ -79,7 +127,7 @@ http {{
         location /dynamic/ {{
             sendfile off; aio {ctx.nginx_aio}; directio 4k; output_buffers 2 1m;
         }}
-    }}
+    }}{tls_server}
 }}
 """
     path = tmp / "nginx.conf"
@@ -106,6 +154,9 @@ def aws_argv(ctx: Context, port: int) -> list[str]:
     logs nothing per request at that level, only failures and start/stop.
     """
     opts = f"--host 127.0.0.1 --port {port} --workers 1 --log-level info".split()
+    if ctx.tls_port is not None and ctx.tls is not None:
+        opts += ["--tls-port", str(ctx.tls_port), "--tls-cert", str(ctx.tls.cert)]
+        opts += ["--tls-key", str(ctx.tls.key)]
     return [sys.executable, "-m", "aws", *opts, "--root", str(ctx.root)]
 
 

@@ -24,6 +24,7 @@ class Workload:
     bytes_metric: bool
     bar: float
     aws_nginx_only: bool
+    tls: bool = False  # over HTTPS, to the server's TLS listener (same certificate for all)
 
     @property
     def unit(self) -> str:
@@ -81,6 +82,30 @@ WORKLOADS: tuple[Workload, ...] = (
         bytes_metric=True,
         bar=1.0,
         aws_nginx_only=True,
+    ),
+    # aws reads and SSL_writes /static/ where the kernel has no kTLS; nginx's sendfile
+    # goes over kTLS where it has (ssl_conf_command Options KTLS). The report says which.
+    Workload(
+        key="tls-ka-1k",
+        title="HTTPS 1 KiB static, keep-alive, c50",
+        path="/static/1k.bin",
+        conns=50,
+        close=False,
+        bytes_metric=False,
+        bar=0.8,
+        aws_nginx_only=True,
+        tls=True,
+    ),
+    Workload(
+        key="tls-static-64m",
+        title="HTTPS 64 MiB static, c4",
+        path="/static/64m.bin",
+        conns=4,
+        close=False,
+        bytes_metric=True,
+        bar=0.8,
+        aws_nginx_only=True,
+        tls=True,
     ),
 )
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import BENCH_DIR
-from .procs import run_cmd, running
+from .procs import free_port, run_cmd, running
 from .servers import Context, ServerError, ServerSpec
 from .workloads import MIB, Workload
 
@@ -65,12 +65,14 @@ Outcome = Sample | str  # a str is a failure message for that cell
 
 
 def wrk_argv(wl: Workload, port: int, duration: int) -> list[str]:
-    """Single-thread wrk on CPU 1 with the reporting script; close workloads add the header."""
+    """Single-thread wrk on CPU 1 with the reporting script; close workloads add the header;
+    ``port`` is the TLS listener's for HTTPS workloads."""
     opts = f"-t1 -c{wl.conns} -d{duration}s --latency --timeout 30s".split()
     argv = ["taskset", "-c", CLIENT_CPU, "wrk", *opts, "-s", str(LUA_SCRIPT)]
     if wl.close:
         argv += ["-H", "Connection: close"]
-    return [*argv, f"http://127.0.0.1:{port}{wl.path}"]
+    scheme = "https" if wl.tls else "http"
+    return [*argv, f"{scheme}://127.0.0.1:{port}{wl.path}"]
 
 
 def parse_wrk(stdout: str) -> Sample | None:
@@ -153,9 +155,17 @@ def run_wrk(wl: Workload, port: int, pgid: int, duration: int) -> Outcome:
 
 
 def measure(ctx: Context, spec: ServerSpec, wl: Workload, duration: int) -> Outcome:
-    """Fresh server process per cell so no server benefits from another's leftovers."""
+    """Fresh server process per cell so no server benefits from another's leftovers.
+    An HTTPS cell gives the server a TLS listener on a port of its own (ctx.tls_port)."""
+    tls_port = None
+    if wl.tls:
+        if ctx.tls is None:
+            return "no certificate: `openssl req` failed or openssl is missing"
+        tls_port = ctx.tls_port = free_port()
     try:
         with running(ctx, spec) as (port, pgid):
-            return run_wrk(wl, port, pgid, duration)
+            return run_wrk(wl, tls_port or port, pgid, duration)
     except ServerError as exc:
         return f"failed to start: {exc}"
+    finally:
+        ctx.tls_port = None

@@ -120,6 +120,23 @@ class Config:
     aio_maxevents: int = option(
         256, parse=positive_int, help="AIO reads in flight per worker (io_setup size)"
     )
+    tls_cert: str | None = option(
+        None,
+        metavar="PEM",
+        help="certificate chain (PEM) for HTTPS on --tls-port; with --tls-key, TLS 1.2 and "
+        "1.3 only, ALPN http/1.1; a restart picks up a renewed certificate",
+    )
+    tls_key: str | None = option(None, metavar="PEM", help="private key (PEM) of --tls-cert")
+    tls_port: int = option(
+        8443, parse=int, help="TCP port for HTTPS, beside --port (0 picks a free one)"
+    )
+    plain: str = option(
+        "on",
+        choices=("on", "off"),
+        help="plain HTTP on --port; off: HTTPS only, on --tls-port (needs --tls-cert)",
+    )
+    tls_chunk: int = 256 * 1024  # bytes read and handed to SSL_write at a time (no kTLS)
+    tls_buffers: int = 16  # idle TLS read buffers a worker keeps for reuse
     open_file_cache: int = 1024  # open files kept per prefix per worker
     open_file_valid: float = 0.5  # seconds between re-checks: a replaced file shows within it
     backlog: int = 1024

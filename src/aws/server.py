@@ -13,6 +13,7 @@ import os
 import resource
 import socket
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from aws import heads
@@ -22,6 +23,7 @@ from aws.connection import Connection
 from aws.files import FileCache
 from aws.loop import EPOLLIN, Loop
 from aws.respond import AIO, SENDFILE
+from aws.tls_connection import TlsConnection, TlsSide
 
 log = logging.getLogger("aws.server")
 
@@ -32,10 +34,19 @@ _PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 
 
 class Server:
-    def __init__(self, config: Config, loop: Loop, listener: socket.socket) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: Loop,
+        listener: socket.socket | None,
+        tls_listener: socket.socket | None = None,
+    ) -> None:
         self.config = config
         self.loop = loop
         self.listener: socket.socket | None = listener
+        # HTTPS beside the plain port: its own listener, context and buffers.
+        self.tls: TlsSide | None = TlsSide(config) if tls_listener is not None else None
+        self.tls_accept: TlsAcceptor | None = None
         self.date = heads.DateCache()
         self.conns: set[Connection] = set()
         self.draining = False
@@ -78,16 +89,24 @@ class Server:
             self.access_log = os.fdopen(os.dup(1), "w", buffering=1)
         elif config.access_log:
             self.access_log = open(config.access_log, "a", buffering=1)  # noqa: SIM115
-        listener.setblocking(False)
-        loop.add(listener.fileno(), EPOLLIN, self)
+        if listener is not None:  # None: HTTPS only (--plain off)
+            listener.setblocking(False)
+            loop.add(listener.fileno(), EPOLLIN, self)
+        if tls_listener is not None:
+            tls_listener.setblocking(False)
+            self.tls_accept = TlsAcceptor(self, tls_listener)
+            loop.add(tls_listener.fileno(), EPOLLIN, self.tls_accept)
         loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     # -- accepting -----------------------------------------------------------------------
 
     def on_event(self, events: int) -> None:
-        listener = self.listener
-        if listener is None:
-            return
+        if self.listener is not None:
+            self.accept(self.listener, Connection)
+
+    def accept(
+        self, listener: socket.socket, make: Callable[[Server, socket.socket, object], Connection]
+    ) -> None:
         conns = self.conns
         limit = self.config.max_connections
         family = listener.family
@@ -111,7 +130,12 @@ class Server:
                 continue
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             sock.setblocking(False)
-            conn = Connection(self, sock, peer)
+            try:
+                conn = make(self, sock, peer)
+            except OSError as exc:  # the TLS wrap of a client already gone
+                log.debug("%s: %s", peer, exc)
+                sock.close()
+                continue
             conns.add(conn)
             try:
                 conn.start()
@@ -125,7 +149,7 @@ class Server:
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: a level-triggered listener would wake us forever, so stop
         polling it for a moment and keep serving the connections we have."""
-        if self.accept_paused or self.listener is None:
+        if self.accept_paused or not self._listeners():
             return
         self.pauses += 1
         if self.pauses & (self.pauses - 1) == 0:  # log at powers of two, not 10 times a second
@@ -136,13 +160,26 @@ class Server:
                 self.pauses,
             )
         self.accept_paused = True
-        self.loop.modify(self.listener.fileno(), 0)
+        for sock in self._listeners():
+            self.loop.modify(sock.fileno(), 0)
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         self.accept_paused = False
-        if self.listener is not None:
-            self.loop.modify(self.listener.fileno(), EPOLLIN)
+        for sock in self._listeners():
+            self.loop.modify(sock.fileno(), EPOLLIN)
+
+    def _listeners(self) -> list[socket.socket]:
+        tls = self.tls_accept.listener if self.tls_accept is not None else None
+        return [sock for sock in (self.listener, tls) if sock is not None]
+
+    def _close_listeners(self) -> None:
+        for sock in self._listeners():
+            self.loop.remove(sock.fileno())
+            sock.close()
+        self.listener = None
+        if self.tls_accept is not None:
+            self.tls_accept.listener = None
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -189,10 +226,7 @@ class Server:
         if self.draining:
             return
         self.draining = True
-        if self.listener is not None:
-            self.loop.remove(self.listener.fileno())
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
         for conn in [c for c in self.conns if c.idle]:
             conn.close()
         if not self.conns:
@@ -201,12 +235,35 @@ class Server:
     def close(self) -> None:
         for conn in list(self.conns):
             conn.close()
-        if self.listener is not None:
-            self.loop.remove(self.listener.fileno())
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
+        if self.tls is not None:
+            self.tls.close()
         self.aio.close()
         self.static.close()
         self.dynamic.close()
         if self.access_log is not None:
             self.access_log.close()
+
+
+class TlsAcceptor:
+    """The TLS listener's handler: accepts like the plain one, into TLS connections."""
+
+    def __init__(self, server: Server, listener: socket.socket) -> None:
+        self.server = server
+        self.listener: socket.socket | None = listener
+        assert server.tls is not None
+        side = server.tls
+
+        def make(owner: Server, sock: socket.socket, peer: object) -> Connection:
+            # side.context looked up each time: a reload takes effect at the next accept.
+            ssock = side.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            return TlsConnection(owner, ssock, peer, side)
+
+        self._make = make
+
+    def on_event(self, events: int) -> None:
+        if self.listener is not None:
+            self.server.accept(self.listener, self._make)
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("accepting TLS failed: %r", exc)

@@ -30,10 +30,11 @@ class State:
         return f"<State {self.name}>"
 
 
+HANDSHAKE = State("HANDSHAKE", "in the TLS handshake")
 READ_HEAD = State("READ_HEAD", "reading a request head")
 READ_BODY = State("READ_BODY", "discarding a request body")
 SEND_HEAD = State("SEND_HEAD", "sending a head (and a small body)")
-SEND_FILE = State("SEND_FILE", "sending a static file with sendfile")
+SEND_FILE = State("SEND_FILE", "sending a static file (sendfile, or read + SSL_write)")
 AIO_WAIT = State("AIO_WAIT", "waiting for an AIO read")
 SEND_BUFFER = State("SEND_BUFFER", "sending an AIO buffer")
 DONE = State("DONE", "response complete")
@@ -41,6 +42,7 @@ LINGER = State("LINGER", "closing: draining what the client still sends")
 CLOSED = State("CLOSED", "closed")
 
 STATES: tuple[State, ...] = (
+    HANDSHAKE,
     READ_HEAD,
     READ_BODY,
     SEND_HEAD,
@@ -54,8 +56,20 @@ STATES: tuple[State, ...] = (
 
 _GONE = "peer reset, timeout or fatal error"
 
+# Where an accepted connection starts, and why.
+ENTRIES: dict[State, str] = {
+    READ_HEAD: "accepted on the plain port",
+    HANDSHAKE: "accepted on the TLS port",
+}
+
 # state -> {next state: what makes the connection take that move}
 MACHINE: dict[State, dict[State, str]] = {
+    # Non-blocking: each SSLWantRead/WantWrite waits for that event; the header timeout
+    # runs from the accept, so a handshake stalled halfway is cut by the sweep.
+    HANDSHAKE: {
+        READ_HEAD: "handshake done (TLS 1.2+, ALPN http/1.1)",
+        CLOSED: "handshake failed or timed out, plain HTTP on the TLS port (400), or " + _GONE,
+    },
     READ_HEAD: {
         READ_BODY: "head with a body to discard",
         SEND_HEAD: "head answered (error, redirect, or a head before a file)",
@@ -72,8 +86,9 @@ MACHINE: dict[State, dict[State, str]] = {
         DONE: "head (and small body) sent",
         CLOSED: _GONE,
     },
+    # Over TLS without kTLS the same state reads chunks and SSL_writes them.
     SEND_FILE: {
-        DONE: "last byte sent by sendfile",
+        DONE: "last byte sent by sendfile (or SSL_write)",
         AIO_WAIT: "the next range is not in the page cache: read it by AIO",
         CLOSED: _GONE,
     },
@@ -104,7 +119,8 @@ class IllegalTransition(RuntimeError):
 
 def mermaid() -> str:
     """The machine as a Mermaid state diagram, one edge per table entry."""
-    lines = ["stateDiagram-v2", "    [*] --> READ_HEAD: accepted"]
+    lines = ["stateDiagram-v2"]
+    lines += [f"    [*] --> {state.name}: {why}" for state, why in ENTRIES.items()]
     for state in STATES:
         for nxt, trigger in MACHINE[state].items():
             lines.append(f"    {state.name} --> {nxt.name}: {trigger}")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 
+from aiobind.buffers import AlignedBuffer
 from aiobind.pagecache import PAGE, cachestat, pages, uptodate_at
 from aws.aio import DynamicBody, FileChanged
 
@@ -149,3 +151,126 @@ def warm_until(fd: int, pos: int, stop: int) -> int:
         if end == stop:
             break
     return pos
+
+
+# -- through an SSL socket (TLS without kernel TLS) ---------------------------------------
+#
+# SSL_write is all or nothing here (CPython does not set SSL_MODE_ENABLE_PARTIAL_WRITE),
+# and after SSLWantWriteError it must be called again with the same bytes: OpenSSL has
+# already sent some of their records. So the bytes to retry stay where they are (the
+# head in ``out``, a read chunk in its pooled buffer, an AIO view unadvanced) until
+# SSL_write takes them. The loops still advance by what send returned, so a partial
+# write would be handled too.
+
+_SSL_BLOCKED = (ssl.SSLWantWriteError, ssl.SSLWantReadError)
+
+
+def ssl_send_bytes(sock: ssl.SSLSocket, data: bytes) -> bytes:
+    """Send ``data`` through SSL; returns what it did not take yet (b"" when all went)."""
+    while data:
+        try:
+            n = sock.send(data)
+        except _SSL_BLOCKED:
+            return data
+        except OSError as exc:
+            raise TransferFailed(f"TLS send failed: {exc}") from None
+        data = data[n:]
+    return data
+
+
+class Stage:
+    """A static body's next bytes, read into one pooled page-aligned buffer and held
+    there until SSL_write has taken them: ``mem[sent:filled]`` is still to go, of which
+    the last ``body`` bytes are file bytes (the head, if any, comes first)."""
+
+    __slots__ = ("body", "buf", "filled", "mem", "sent")
+
+    def __init__(self, buf: AlignedBuffer) -> None:
+        self.buf = buf
+        self.mem = buf.view
+        self.filled = 0
+        self.sent = 0
+        self.body = 0
+
+    def put_head(self, head: bytes) -> bytes:
+        """Stage the head ahead of the file bytes, so that a small file leaves in one
+        record and one write; returns the part that did not fit (sent on its own)."""
+        room = len(self.mem) // 2
+        if len(head) > room:
+            return head
+        self.mem[: len(head)] = head
+        self.filled = len(head)
+        return b""
+
+
+def ssl_sendfile(
+    sock: ssl.SSLSocket, stage: Stage, fd: int, pos: int, stop: int, budget: int
+) -> int:
+    """Read ``[pos, stop)`` of ``fd`` chunk by chunk into ``stage`` and write each through
+    SSL, at most about ``budget`` bytes this turn; returns the position of the first file
+    byte not yet taken by SSL (``stop`` when done: the stage is then empty)."""
+    mem = stage.mem
+    preadv = os.preadv
+    while True:
+        if stage.sent == 0 and stage.body == 0 and pos < stop:
+            # Nothing of this chunk was offered to SSL yet: fill the rest of the buffer.
+            start = stage.filled
+            want = min(len(mem) - start, stop - pos)
+            try:
+                n = preadv(fd, [mem[start : start + want]], pos)
+            except OSError as exc:
+                raise TransferFailed(f"reading the file failed: {exc}", file_changed=True) from None
+            if n == 0:  # before the promised end: the file shrank
+                raise TransferFailed("file shrank during the transfer", file_changed=True)
+            stage.filled = start + n
+            stage.body = n
+        if stage.sent == stage.filled:
+            return pos  # only when pos == stop: every turn leaves with bytes staged
+        try:
+            n = sock.send(mem[stage.sent : stage.filled])
+        except _SSL_BLOCKED:
+            return pos
+        except OSError as exc:
+            raise TransferFailed(f"TLS send failed: {exc}") from None
+        stage.sent += n
+        budget -= n
+        if stage.sent < stage.filled:
+            continue
+        pos += stage.body
+        stage.filled = stage.sent = stage.body = 0
+        if pos >= stop or budget <= 0:
+            return pos
+
+
+def ssl_send_buffers(
+    sock: ssl.SSLSocket, body: DynamicBody, head: bytes, budget: int
+) -> tuple[str, bytes, int]:
+    """:func:`send_buffers` through SSL: the head first (SSLSocket has no sendmsg), then
+    each AIO buffer as it is read. Returns ``(outcome, head left, body bytes sent)``."""
+    if head:
+        head = ssl_send_bytes(sock, head)
+        if head:
+            return BLOCKED, head, 0
+    sent = 0
+    while True:
+        try:
+            view = body.view()
+        except (OSError, FileChanged) as exc:
+            raise TransferFailed(f"reading the file failed: {exc}", file_changed=True) from None
+        if view is None:
+            return WAITING, head, sent
+        try:
+            n = sock.send(view)
+        except _SSL_BLOCKED:
+            view.release()
+            return BLOCKED, head, sent  # the view comes back unadvanced: the same bytes
+        except OSError as exc:
+            view.release()
+            raise TransferFailed(f"TLS send failed: {exc}") from None
+        view.release()
+        sent += n
+        budget -= n
+        if body.advance(n):
+            return DONE, head, sent
+        if budget <= 0:
+            return BLOCKED, head, sent

@@ -29,6 +29,7 @@ from aws.config import Config
 from aws.loop import EPOLLIN, Loop
 from aws.proctitle import set_title
 from aws.server import Server
+from aws.tls import TlsSetupError
 
 log = logging.getLogger("aws.worker")
 
@@ -67,9 +68,10 @@ class SignalWatcher:
 def run_worker(
     index: int,
     cpu: int | None,
-    listener: socket.socket,
+    listener: socket.socket | None,
     config: Config,
     supervisor: int | None = None,
+    tls_listener: socket.socket | None = None,
 ) -> int:
     """Serve until stopped; returns the process exit status.
 
@@ -80,8 +82,8 @@ def run_worker(
         os.sched_setaffinity(0, {cpu})
     loop = Loop()
     try:
-        server = Server(config, loop, listener)
-    except OSError as exc:
+        server = Server(config, loop, listener, tls_listener)
+    except (OSError, TlsSetupError) as exc:
         log.critical("worker %d cannot start: %s", index, exc)
         return EXIT_FATAL
     orphaned = False
@@ -148,10 +150,11 @@ def _watch_supervisor(supervisor: int) -> None:
 def worker_process(
     index: int,
     cpu: int | None,
-    listener: socket.socket,
+    listener: socket.socket | None,
     config: Config,
     supervisor: int,
     inherited: Iterable[socket.socket] = (),
+    tls_listener: socket.socket | None = None,
 ) -> None:
     """Entry point in the forked child: never returns.
 
@@ -166,7 +169,7 @@ def worker_process(
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         set_title(f"aws: worker {index}" + ("" if cpu is None else f" on CPU {cpu}"))
-        status = run_worker(index, cpu, listener, config, supervisor)
+        status = run_worker(index, cpu, listener, config, supervisor, tls_listener)
     except BaseException:
         log.exception("worker %d crashed", index)
     finally:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiobind
+from aws import tls
 from aws.config import Config
 from aws.proctitle import set_title
 from aws.worker import EXIT_FATAL, STOP_SIGNALS, run_worker, worker_process
@@ -79,6 +80,57 @@ def make_listeners(host: str, port: int, count: int, backlog: int) -> list[socke
     return listeners
 
 
+def check_tls(config: Config) -> None:
+    """A bad certificate or key stops the start with one line, not a restart loop."""
+    if config.tls_cert is None:
+        if config.tls_key is not None:
+            raise StartupError("--tls-key needs --tls-cert")
+        if config.plain == "off":
+            raise StartupError("--plain off needs --tls-cert (nothing would listen)")
+        return
+    try:
+        tls.build_context(config.tls_cert, config.tls_key)
+    except tls.TlsSetupError as exc:
+        raise StartupError(str(exc)) from None
+
+
+Listeners = list[socket.socket] | list[None]
+
+
+def plain_listeners(config: Config, count: int) -> Listeners:
+    if config.plain == "off":
+        return [None] * count
+    return make_listeners(config.host, config.port, count, config.backlog)
+
+
+def tls_listeners(config: Config, count: int) -> Listeners:
+    if config.tls_cert is None:
+        return [None] * count
+    return make_listeners(config.host, config.tls_port, count, config.backlog)
+
+
+def close_all(*groups: Listeners) -> None:
+    for group in groups:
+        for sock in group:
+            if sock is not None:
+                sock.close()
+
+
+def announce(config: Config, plain: socket.socket | None, secure: socket.socket | None) -> int:
+    """The listening lines (harnesses wait for the first); returns the main port."""
+    n = config.workers
+    where = f"with {n} worker{'' if n == 1 else 's'}, root {os.path.abspath(config.root)}"
+    ports = []
+    if plain is not None:
+        ports.append(plain.getsockname()[1])
+        log.info("aws listening on http://%s:%d %s", config.host, ports[-1], where)
+    if secure is not None:
+        ports.append(secure.getsockname()[1])
+        also = "" if plain is not None else f", HTTPS only, {where}"
+        log.info("aws listening on https://%s:%d (TLS)%s", config.host, ports[-1], also)
+    return int(ports[0])
+
+
 def check_aio(workers: int, maxevents: int) -> None:
     """Every worker needs an AIO context: find out now, not in a restart loop."""
     contexts = []
@@ -96,7 +148,8 @@ def check_aio(workers: int, maxevents: int) -> None:
 class WorkerSlot:
     index: int
     cpu: int | None
-    listener: socket.socket
+    listener: socket.socket | None  # None with --plain off
+    tls_listener: socket.socket | None = None
     pid: int = 0
     started: float = 0.0
     backoff: float = BACKOFF_FIRST
@@ -114,36 +167,44 @@ class Supervisor:
 
     def start(self) -> None:
         config = self.config
-        listeners = make_listeners(config.host, config.port, config.workers, config.backlog)
-        self.port = listeners[0].getsockname()[1]
+        check_tls(config)
+        listeners = plain_listeners(config, config.workers)
+        secure: Listeners = []
         try:
+            secure = tls_listeners(config, config.workers)
             check_aio(config.workers, config.aio_maxevents)
         except StartupError:
-            for sock in listeners:
-                sock.close()
+            close_all(listeners, secure)
             raise
-        for i, sock in enumerate(listeners):
+        for i, (sock, tls_sock) in enumerate(zip(listeners, secure, strict=True)):
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
-            self.slots.append(WorkerSlot(i, cpu, sock))
+            self.slots.append(WorkerSlot(i, cpu, sock, tls_sock))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
         for slot in self.slots:
             self._spawn(slot)
-        log.info(
-            "aws listening on http://%s:%d with %d worker%s, root %s",
-            config.host,
-            self.port,
-            config.workers,
-            "" if config.workers == 1 else "s",
-            os.path.abspath(config.root),
-        )
+        self.port = announce(config, listeners[0], secure[0])
 
     def _spawn(self, slot: WorkerSlot) -> None:
         supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
-            others = [other.listener for other in self.slots if other is not slot]
-            worker_process(slot.index, slot.cpu, slot.listener, self.config, supervisor, others)
+            others = [
+                sock
+                for other in self.slots
+                if other is not slot
+                for sock in (other.listener, other.tls_listener)
+                if sock is not None
+            ]
+            worker_process(
+                slot.index,
+                slot.cpu,
+                slot.listener,
+                self.config,
+                supervisor,
+                others,
+                tls_listener=slot.tls_listener,
+            )
         if slot.cpu is not None:
             # The child pins itself too; doing it here as well means that once fork has
             # returned, nobody (ps, taskset -p, a test) can see the worker unpinned.
@@ -224,7 +285,7 @@ class Supervisor:
             self.config.drain_timeout,
         )
         for slot in self.slots:
-            slot.listener.close()  # the workers' copies keep theirs until they drain
+            close_all([slot.listener, slot.tls_listener])  # workers drain with their copies
         self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, signo: int) -> None:
@@ -244,29 +305,27 @@ class SingleProcess:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.listener: socket.socket | None = None
+        self.tls_listener: socket.socket | None = None
         self.port = 0
 
     def start(self) -> None:
         config = self.config
-        [listener] = make_listeners(config.host, config.port, 1, config.backlog)
+        check_tls(config)
+        [self.listener] = plain_listeners(config, 1)
         try:
+            [self.tls_listener] = tls_listeners(config, 1)
             check_aio(1, config.aio_maxevents)
         except StartupError:
-            listener.close()
+            close_all([self.listener, self.tls_listener])
             raise
-        self.listener = listener
-        self.port = listener.getsockname()[1]
         # Held until the worker's watcher is in place: a signal now drains, once it is.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         root = os.path.abspath(config.root)
         set_title(f"aws: single process, root {root}")
-        log.info(
-            "aws listening on http://%s:%d with 1 worker, root %s", config.host, self.port, root
-        )
+        self.port = announce(config, self.listener, self.tls_listener)
 
     def run(self) -> int:
-        assert self.listener is not None
-        status = run_worker(0, None, self.listener, self.config)
+        status = run_worker(0, None, self.listener, self.config, tls_listener=self.tls_listener)
         if status == EXIT_FATAL:
             return 1
         log.info("stopped")

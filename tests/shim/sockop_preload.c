@@ -33,7 +33,11 @@
  * Note: glibc-internal calls (e.g. stdio flushing, eventfd_read()) use hidden
  * internal aliases and never reach this shim; that is fine, they are not
  * socket I/O in the code under test.  CPython's os.sendfile() calls the
- * sendfile64 symbol, which is why both names are wrapped.
+ * sendfile64 symbol, which is why both names are wrapped.  OpenSSL's socket
+ * BIO (behind Python's SSLSocket) moves TLS records with plain write() and
+ * read() on the fd (strace of a TLS exchange with OpenSSL 3.0), so those are
+ * split too: an SSL_write sees short writes and EAGAIN mid-record
+ * (tests/test_https.py checks the counters).
  *
  * Environment (read once, in a constructor):
  *   AWS_SHIM_DISABLE=1        no splitting (pure pass-through; still counts and

@@ -1,0 +1,259 @@
+"""HTTPS connections: the same machine as plain HTTP, entered through HANDSHAKE.
+
+:class:`TlsConnection` is a :class:`~aws.connection.Connection` whose socket is a
+non-blocking ``ssl.SSLSocket``. Only the byte movers differ: reads go through SSL (and
+take what SSL already decrypted, ``pending()``, since epoll cannot see it), heads and
+bodies go out through SSL_write, and ``/static/`` bodies are read into a pooled
+page-aligned buffer first (:func:`aws.transfer.ssl_sendfile`), unless the kernel took
+over the encryption (kTLS), when plain ``sendfile`` on the socket goes on working.
+Plain connections do not pass through any of this: the TLS listener makes these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiobind.buffers import BufferPool
+from aws import heads, tls, transfer
+from aws.connection import ON_EVENT, RECV_SIZE, Connection, Worker
+from aws.loop import EPOLLIN, EPOLLOUT
+from aws.states import HANDSHAKE, READ_HEAD, SEND_BUFFER, SEND_FILE, SEND_HEAD, State
+
+if TYPE_CHECKING:
+    from aws.config import Config
+
+log = logging.getLogger("aws.tls")
+
+_PLAIN_DRAIN = 4  # reads of what the plain client sent, so the close is no reset
+
+
+class TlsSide:
+    """One worker's TLS state: its context, its read buffers and which path it uses."""
+
+    def __init__(self, config: Config) -> None:
+        assert config.tls_cert is not None
+        want_ktls, why = tls.ktls_plan()
+        self.config = config
+        self.context = tls.build_context(config.tls_cert, config.tls_key, want_ktls)
+        self.ktls_requested = want_ktls
+        self.buffers = BufferPool(config.tls_chunk, keep=config.tls_buffers)
+        self.reported = False
+        if want_ktls:
+            log.info("TLS: kernel TLS requested (%s); checked on each handshake", why)
+        else:
+            log.info(
+                "TLS: no kernel TLS (%s): /static/ bodies are read into %d KiB buffers "
+                "and written through SSL",
+                why,
+                config.tls_chunk // 1024,
+            )
+
+    def reload(self) -> None:
+        """Read the certificate and key again (a renewal): new connections get the new
+        context, those already open keep theirs. Raises TlsSetupError, keeping the old
+        context, when the new files are unusable."""
+        assert self.config.tls_cert is not None
+        self.context = tls.build_context(
+            self.config.tls_cert, self.config.tls_key, self.ktls_requested
+        )
+        log.info("TLS: certificate reloaded from %s", self.config.tls_cert)
+
+    def report(self, ktls: bool) -> None:
+        """Log once per worker what the kernel did with the first handshake."""
+        if self.reported or not self.ktls_requested:
+            return
+        self.reported = True
+        if ktls:
+            log.info("TLS: the kernel took over sending: /static/ bodies go by sendfile")
+        else:
+            log.info("TLS: the kernel did not take over sending: /static/ bodies by SSL_write")
+
+    def close(self) -> None:
+        self.buffers.close()
+
+
+class TlsConnection(Connection):
+    __slots__ = ("ktls", "stage", "tls")
+
+    def __init__(self, server: Worker, sock: ssl.SSLSocket, peer: object, side: TlsSide) -> None:
+        super().__init__(server, sock, peer)
+        self.state = HANDSHAKE
+        self.tls = side
+        self.ktls = False
+        self.stage: transfer.Stage | None = None
+
+    def on_event(self, events: int) -> None:
+        TLS_ON_EVENT[self.state](self, events)
+
+    def start(self) -> None:
+        self._handshake(EPOLLIN)
+
+    @property
+    def idle(self) -> bool:
+        # Nothing was asked yet: a drain may close it, as it closes idle keep-alives.
+        return self.state is HANDSHAKE or super().idle
+
+    # -- the handshake -------------------------------------------------------------------
+
+    def _handshake(self, events: int) -> None:
+        sock: ssl.SSLSocket = self.sock  # type: ignore[assignment]
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(EPOLLIN)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(EPOLLOUT)
+            return
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # the client left halfway
+            log.debug("%s: closed during the TLS handshake: %s", self.peer, exc)
+            self.close()
+            return
+        except ssl.SSLError as exc:
+            if exc.reason == "HTTP_REQUEST":
+                self._plain_http()
+                return
+            log.info("%s: TLS handshake failed: %s", self.peer, exc.reason or exc)
+            self.close()
+            return
+        except OSError as exc:  # reset, or EOF halfway
+            log.debug("%s: closed during the TLS handshake: %s", self.peer, exc)
+            self.close()
+            return
+        self.ktls = self.tls.ktls_requested and tls.kernel_sends(sock)
+        self.tls.report(self.ktls)
+        self._to(READ_HEAD)
+        self._want(EPOLLIN)
+        self._on_readable(EPOLLIN)  # the request often follows the Finished at once
+
+    def _plain_http(self) -> None:
+        """A plain HTTP request on the TLS port: a 400 in clear text, then close (nginx
+        answers 400 too, its internal 497). What the client sent is read first, so the
+        close does not reset the connection under the answer."""
+        log.info("%s: 400, plain HTTP sent to the TLS port", self.peer)
+        raw = super(ssl.SSLSocket, self.sock)  # bypass SSL: the client speaks none
+        with contextlib.suppress(OSError):
+            for _ in range(_PLAIN_DRAIN):
+                if not raw.recv(RECV_SIZE):
+                    break
+        reply = heads.error_response(400, self.server.date.value, False)
+        with contextlib.suppress(OSError):  # a full socket buffer: the client gets a close
+            while reply:
+                reply = reply[raw.send(reply) :]
+        self.close()
+
+    def timed_out(self) -> None:
+        if self.state is HANDSHAKE:
+            log.info(
+                "%s: TLS handshake not finished within %ss",
+                self.peer,
+                self.server.config.header_timeout,
+            )
+            self.close()
+            return
+        super().timed_out()
+
+    # -- bytes in ------------------------------------------------------------------------
+
+    def _on_readable(self, events: int) -> None:
+        data = self._recv()
+        if data is not None:
+            self._received(data)
+
+    def _recv(self) -> bytes | None:
+        sock: ssl.SSLSocket = self.sock  # type: ignore[assignment]
+        try:
+            data = sock.recv(RECV_SIZE)
+            # Decrypted bytes SSL holds back are invisible to epoll: take them now
+            # (at most one record, 16 KiB, more).
+            while sock.pending():
+                data += sock.recv(sock.pending())
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return None
+        except OSError as exc:  # SSLError included: a bad record ends the connection
+            log.debug("%s: TLS recv failed: %s", self.peer, exc)
+            return b""
+        return data
+
+    # -- bytes out -----------------------------------------------------------------------
+
+    def _send_head(self, events: int) -> None:
+        if self.res is not None and not self.ktls and self.stage is None:
+            # The head shares the first chunk's buffer and record: one SSL_write.
+            self.stage = transfer.Stage(self.tls.buffers.acquire())
+            self.out = self.stage.put_head(self.out)
+        try:
+            self.out = transfer.ssl_send_bytes(self.sock, self.out)  # type: ignore[arg-type]
+        except transfer.TransferFailed as exc:
+            self._abort(str(exc))
+            return
+        if self.out:
+            self._block()
+        elif self.res is None:
+            self._finish()
+        else:
+            self._to(SEND_FILE)
+            self._send_file(EPOLLOUT)
+
+    def _send_file(self, events: int) -> None:
+        if self.ktls:
+            super()._send_file(events)  # the kernel encrypts what sendfile moves
+            return
+        res, stage = self.res, self.stage
+        assert res is not None and stage is not None
+        start = self.pos
+        try:
+            pos = transfer.ssl_sendfile(
+                self.sock,  # type: ignore[arg-type]
+                stage,
+                res.fd,
+                start,
+                self.stop,
+                self.server.config.sendfile_chunk,
+            )
+        except transfer.TransferFailed as exc:
+            self._failed_transfer(exc)
+            return
+        self.sent += pos - start
+        self.pos = pos
+        if pos < self.stop:
+            self._block()
+        else:
+            self._finish()
+
+    def _send_buffers(self, events: int) -> None:
+        body = self.body
+        assert body is not None
+        try:
+            outcome, self.out, sent = transfer.ssl_send_buffers(
+                self.sock,  # type: ignore[arg-type]
+                body,
+                self.out,
+                self.server.config.sendfile_chunk,
+            )
+        except transfer.TransferFailed as exc:
+            self._failed_transfer(exc)
+            return
+        self.sent += sent
+        self._buffers_sent(outcome, body)
+
+    def _release_body(self) -> None:
+        stage = self.stage
+        if stage is not None:
+            self.stage = None
+            self.tls.buffers.release(stage.buf)
+        super()._release_body()
+
+
+TLS_ON_EVENT: dict[State, Callable[[TlsConnection, int], None]] = {
+    **ON_EVENT,  # type: ignore[dict-item]
+    HANDSHAKE: TlsConnection._handshake,
+    READ_HEAD: TlsConnection._on_readable,
+    SEND_HEAD: TlsConnection._send_head,
+    SEND_FILE: TlsConnection._send_file,
+    SEND_BUFFER: TlsConnection._send_buffers,
+}
