@@ -257,9 +257,8 @@ def pkg_version(name: str) -> str:
 
 def header_lines(ctx: Context, rounds: int, duration: int) -> list[str]:
     """Everything needed to judge whether two reports are comparable."""
-    peers = ", ".join(
-        f"{p} {pkg_version(p)}" for p in ("aiohttp", "uvicorn", "starlette", "uvloop", "httptools")
-    )
+    dists = ("aiohttp", "uvloop", "uvicorn", "starlette", "httptools", "granian")
+    peers = ", ".join(f"{p} {pkg_version(p)}" for p in dists)
     return [
         "# aws HTTP file-serving benchmark",
         "",

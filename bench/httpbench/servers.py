@@ -128,6 +128,29 @@ def uvicorn_argv(ctx: Context, port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", *app, *opts]
 
 
+def aiohttp_uvloop_argv(ctx: Context, port: int) -> list[str]:
+    """The same aiohttp app on uvloop (bench/peers/aiohttp_uvloop_app.py)."""
+    app = str(PEERS_DIR / "aiohttp_uvloop_app.py")
+    return [sys.executable, app, "--root", str(ctx.root), "--port", str(port)]
+
+
+def granian_argv(ctx: Context, port: int) -> list[str]:
+    """granian's own static-file route (Rust core) in one worker with one thread of each kind.
+
+    The ASGI app in bench/peers/granian_app.py only 404s: /static is answered by granian
+    before Python is involved, which is how a granian user serves files fast.
+    """
+    listen = f"--interface asgi --host 127.0.0.1 --port {port} --http 1 --no-ws"
+    one_of_each = (
+        "--workers 1 --runtime-mode st --runtime-threads 1 --runtime-blocking-threads 1"
+        " --blocking-threads 1"
+    )
+    quiet = "--log-level warning --no-access-log"
+    static = ["--static-path-route", "/static", "--static-path-mount", str(ctx.root / "static")]
+    opts = [*f"{listen} {one_of_each} {quiet}".split(), *static, "--working-dir", str(PEERS_DIR)]
+    return [sys.executable, "-m", "granian", *opts, "granian_app:app"]
+
+
 def uvicorn_env(ctx: Context) -> dict[str, str]:
     """uvicorn imports the app by name, so the root travels in the environment."""
     return {"BENCH_ROOT": str(ctx.root)}
@@ -143,12 +166,19 @@ SERVERS: tuple[ServerSpec, ...] = (
     ),
     ServerSpec(name="aiohttp", python_peer=True, modules=("aiohttp",), argv=aiohttp_argv),
     ServerSpec(
+        name="aiohttp+uvloop",
+        python_peer=True,
+        modules=("aiohttp", "uvloop"),
+        argv=aiohttp_uvloop_argv,
+    ),
+    ServerSpec(
         name="uvicorn+starlette",
         python_peer=True,
         modules=("uvicorn", "starlette"),
         argv=uvicorn_argv,
         env=uvicorn_env,
     ),
+    ServerSpec(name="granian", python_peer=True, modules=("granian",), argv=granian_argv),
 )
 
 
