@@ -43,6 +43,7 @@ def progress_text(outcome: Outcome, wl: Workload) -> str:
         text += (
             f"  p99 {outcome.p99_us / 1000:.2f} ms  cpu srv {outcome.server_cpu:.0f}%"
             f" wrk {outcome.client_cpu:.0f}% other {outcome.other_cpu:.0f}%"
+            f"  {fmt_us(outcome.server_us_per_request)} µs/req"
         )
         if outcome.connect or outcome.timeout:
             text += f"  connect-err {outcome.connect} timeouts {outcome.timeout}"
@@ -61,6 +62,22 @@ def median_of(outcomes: Sequence[Outcome], wl: Workload) -> float | str:
     if not samples:
         return "no data"
     return statistics.median(s.value(wl) for s in samples)
+
+
+def cpu_median(outcomes: Sequence[Outcome]) -> float | None:
+    """Median server CPU µs per request over rounds; None unless every round is trusted."""
+    samples = [o for o in outcomes if isinstance(o, Sample)]
+    if len(samples) < len(outcomes) or any(s.bad for s in samples):
+        return None
+    values = [v for v in (s.server_us_per_request for s in samples) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_us(us: float | None) -> str:
+    """µs with one decimal where that digit still means something."""
+    if us is None:
+        return "n/a"
+    return f"{us:,.1f}" if us < 1000 else f"{us:,.0f}"
 
 
 def ratio_text(ratio: float | None, bar: float | None = None) -> str:
@@ -91,10 +108,14 @@ def medians_table(
     status: dict[str, str | None],
     medians: dict[tuple[str, str], float | str],
     marks: dict[tuple[str, str], str],
+    cpu: dict[tuple[str, str], float | None],
 ) -> list[str]:
-    """Main table: per-server medians (with ratio to nginx), aws/nginx and the bar."""
-    names = [s.name for s in specs]
-    head = ["Workload", *names, "aws/nginx", "bar"]
+    """Main table: per-server medians (with ratio to nginx) each followed by the server's
+    CPU µs per request, then aws/nginx and the bar."""
+    head = ["Workload"]
+    for spec in specs:
+        head += [spec.name, f"{spec.name} CPU µs/req"]
+    head += ["aws/nginx", "bar"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for wl in WORKLOADS:
         nginx = medians.get((wl.key, "nginx"))
@@ -103,6 +124,7 @@ def medians_table(
             cells.append(
                 cell_text(wl, spec, status, medians, nginx) + marks.get((wl.key, spec.name), "")
             )
+            cells.append(cpu_cell(wl, spec, medians, cpu))
         aws = medians.get((wl.key, "aws"))
         ratio = aws / nginx if isinstance(aws, float) and isinstance(nginx, float) else None
         both = marks.get((wl.key, "aws"), "") + marks.get((wl.key, "nginx"), "")
@@ -132,6 +154,18 @@ def cell_text(
     if isinstance(nginx, float) and spec.name != "nginx":
         text += f" ({value / nginx:.2f}x)"
     return text
+
+
+def cpu_cell(
+    wl: Workload,
+    spec: ServerSpec,
+    medians: dict[tuple[str, str], float | str],
+    cpu: dict[tuple[str, str], float | None],
+) -> str:
+    """Server CPU µs/request beside its figure; blank where the figure itself is missing."""
+    if not isinstance(medians.get((wl.key, spec.name)), float):
+        return "—" if wl.aws_nginx_only and spec.name not in ("aws", "nginx") else ""
+    return fmt_us(cpu.get((wl.key, spec.name)))
 
 
 def short_status(reason: str) -> str:
@@ -175,7 +209,7 @@ def peer_row(
             flags = "".join(m for m in (CLIENT_BOUND_MARK, NOISY_MARK) if m in both)
     cells = [
         f"aws vs fastest Python peer ({wl.key}; {label})",
-        *["" for _ in specs],
+        *["" for _ in range(2 * len(specs))],
         ratio_text(ratio, PEER_BAR) + flags,
         f">= {PEER_BAR}",
     ]
@@ -199,6 +233,7 @@ def raw_table(results: dict[tuple[str, str], list[Outcome]]) -> list[str]:
         "connect err",
         "timeouts",
         "server cpu %",
+        "server CPU µs/req",
         "wrk cpu %",
         "other cpu %",
     ]
@@ -220,6 +255,7 @@ def raw_table(results: dict[tuple[str, str], list[Outcome]]) -> list[str]:
                     str(outcome.connect),
                     str(outcome.timeout),
                     f"{outcome.server_cpu:.0f}",
+                    fmt_us(outcome.server_us_per_request),
                     f"{outcome.client_cpu:.0f}",
                     f"{outcome.other_cpu:.0f}",
                 ]
@@ -302,12 +338,18 @@ def write_report(
         for key, outs in results.items()
     }
     summary = ["## Medians (ratio to nginx in parentheses)", ""]
-    summary += medians_table(specs, status, medians, cell_marks(results))
+    cpu = {key: cpu_median(outs) for key, outs in results.items()}
+    summary += medians_table(specs, status, medians, cell_marks(results), cpu)
     summary += [
         "",
         f"{CLIENT_BOUND_MARK.strip()} wrk used >= {CLIENT_BOUND_PCT:.0f}% of its core: the "
         "figure is a floor set by the single-core client, and a ratio involving it is "
         "compressed towards 1.0. Server/client CPU per run is in the raw table.",
+        "",
+        "CPU µs/req: the server's process-group CPU time during the run divided by the "
+        "requests wrk completed (median over rounds). It stays flat while the server is the "
+        "bottleneck; a row where req/s is low but µs/req is too is wrk-bound, and "
+        "1e6 / µs/req is what one core of that server would sustain.",
         "",
         f"{NOISY_MARK.strip()} in at least one round, processes other than the server and wrk "
         f"used >= {NOISY_PCT:.0f}% of a core: the machine was shared and the figure is suspect; "

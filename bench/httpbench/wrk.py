@@ -39,6 +39,13 @@ class Sample:
     server_cpu: float = 0.0  # % of one core used by the server's process group
     client_cpu: float = 0.0  # % of one core used by wrk
     other_cpu: float = 0.0  # % of one core used by everything else (other users' jobs)
+    server_cpu_s: float = 0.0  # CPU seconds of the server's process group during the run
+
+    @property
+    def server_us_per_request(self) -> float | None:
+        """Server CPU per completed request: flat when the server is the bottleneck, and
+        low with the server well under 100% when wrk is (a wrk-bound row shows as such)."""
+        return 1e6 * self.server_cpu_s / self.requests if self.requests else None
 
     @property
     def client_bound(self) -> bool:
@@ -147,6 +154,7 @@ def run_wrk(wl: Workload, port: int, pgid: int, duration: int) -> Outcome:
     return dataclasses.replace(
         sample,
         server_cpu=100 * srv / secs,
+        server_cpu_s=srv,
         client_cpu=100 * cli / secs,
         other_cpu=100 * other / secs,
     )
