@@ -5,13 +5,18 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import BENCH_DIR
 from .workloads import Workload
 
 PEERS_DIR = BENCH_DIR / "peers"
+NGINX_CONNECTIONS = 4096
+# Rows with many idle connections: room for them, wrk's and the open files besides.
+MANY_CONNECTIONS = 20_000
+FD_MARGIN = 1024
+IDLE_KEEPALIVE_S = 75  # nginx.conf's keepalive_timeout; aws's default 15 s would drop them
 
 
 @dataclass
@@ -51,19 +56,28 @@ def missing_modules(spec: ServerSpec) -> list[str]:
     return [mod for mod in spec.modules if importlib.util.find_spec(mod) is None]
 
 
-def nginx_conf(ctx: Context, port: int) -> Path:
-    """Tuned single-worker nginx: sendfile for static/, thread-pool aio+directio for dynamic/."""
+def nginx_conf(ctx: Context, port: int, connections: int = NGINX_CONNECTIONS) -> Path:
+    """Tuned single-worker nginx: sendfile for static/, thread-pool aio+directio for dynamic/.
+
+    `connections` above the default (the idle-connection rows) also raises the worker's
+    descriptor limit, which nginx otherwise leaves at what it inherited.
+    """
     tmp = ctx.tmp / "nginx"
     tmp.mkdir(exist_ok=True)
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    rlimit = (
+        f"worker_rlimit_nofile {connections + FD_MARGIN};\n"
+        if connections > NGINX_CONNECTIONS
+        else ""
+    )
     conf = f"""worker_processes 1;
-daemon off;
+{rlimit}daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     default_type application/octet-stream;
@@ -87,10 +101,10 @@ http {{
     return path
 
 
-def nginx_argv(ctx: Context, port: int) -> list[str]:
+def nginx_argv(ctx: Context, port: int, connections: int = NGINX_CONNECTIONS) -> list[str]:
     """nginx with a prefix and error log inside the temp dir (never touches /etc or /var/log)."""
     tmp = ctx.tmp / "nginx"
-    conf = nginx_conf(ctx, port)
+    conf = nginx_conf(ctx, port, connections)
     return ["nginx", "-p", f"{tmp}/", "-e", f"{tmp}/error.log", "-c", str(conf)]
 
 
@@ -187,3 +201,18 @@ def servers_for(wl: Workload, specs: Sequence[ServerSpec]) -> list[ServerSpec]:
     if wl.aws_nginx_only:
         return [s for s in specs if s.name in ("aws", "nginx")]
     return list(specs)
+
+
+def with_room_for_many(spec: ServerSpec) -> ServerSpec:
+    """The spec for the idle-connection rows: limits raised so 10,000 idle clients fit.
+
+    Only aws and nginx run those rows; aws also gets nginx's keep-alive timeout so no idle
+    connection expires during the run (the row fails loudly if one does).
+    """
+    if spec.name == "nginx":
+        return replace(spec, argv=lambda ctx, port: nginx_argv(ctx, port, MANY_CONNECTIONS))
+    if spec.name == "aws":
+        many = ["--max-connections", str(MANY_CONNECTIONS)]
+        many += ["--keepalive-timeout", str(IDLE_KEEPALIVE_S)]
+        return replace(spec, argv=lambda ctx, port: [*aws_argv(ctx, port), *many])
+    raise ValueError(f"{spec.name} has no many-connections configuration")
