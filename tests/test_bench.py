@@ -5,6 +5,7 @@ report, the many-connections configurations, and the command line."""
 from __future__ import annotations
 
 import hashlib
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,7 +134,10 @@ def test_many_connections_configs(tmp_path: Path) -> None:
     argv = with_room_for_many(SPECS["nginx"]).argv(ctx, 8080)
     many = Path(argv[argv.index("-c") + 1]).read_text()
     assert f"worker_connections {MANY_CONNECTIONS};" in many
-    assert "worker_rlimit_nofile" in many
+    limit = int(many.split("worker_rlimit_nofile ", 1)[1].split(";", 1)[0])
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert limit >= MANY_CONNECTIONS or limit == hard  # never above what nginx can set
+    assert hard == resource.RLIM_INFINITY or limit <= hard
     aws_argv = with_room_for_many(SPECS["aws"]).argv(ctx, 0)
     assert aws_argv[aws_argv.index("--max-connections") + 1] == str(MANY_CONNECTIONS)
     with pytest.raises(ValueError):
@@ -195,6 +199,8 @@ def test_medians_and_raw_tables_show_server_cpu() -> None:
     raw = raw_table(results)
     assert "server CPU" in raw[0] and "idle KiB/conn" in raw[0]
     assert any("| 2.00 |" in line for line in raw)
+    c256 = [line for line in raw if "| static-64m-c256 |" in line]
+    assert c256 and all("| n/a | n/a |" in line for line in c256)  # no request completed
 
 
 def test_growth_section_states_the_figures() -> None:

@@ -37,12 +37,20 @@ def describe(outcome: Outcome, wl: Workload) -> str:
     return fmt_value(outcome.value(wl), wl)
 
 
+def latency_ms(sample: Sample, us: int, unit: bool = True) -> str:
+    """A latency percentile in ms; n/a when no request completed (256 clients on 64 MiB
+    files in a short run), where wrk reports 0."""
+    if not sample.requests:
+        return "n/a"
+    return f"{us / 1000:.2f} ms" if unit else f"{us / 1000:.2f}"
+
+
 def progress_text(outcome: Outcome, wl: Workload) -> str:
     """Live line per cell, with the CPU split so a suspicious figure is visible at once."""
     text = describe(outcome, wl)
     if isinstance(outcome, Sample):
         text += (
-            f"  p99 {outcome.p99_us / 1000:.2f} ms  cpu srv {outcome.server_cpu:.0f}%"
+            f"  p99 {latency_ms(outcome, outcome.p99_us)}  cpu srv {outcome.server_cpu:.0f}%"
             f" wrk {outcome.client_cpu:.0f}% other {outcome.other_cpu:.0f}%"
             f"  {fmt_cost(outcome.server_cost(wl), wl)}"
         )
@@ -252,8 +260,8 @@ def raw_table(results: dict[tuple[str, str], list[Outcome]]) -> list[str]:
                 row += [
                     str(outcome.requests),
                     str(outcome.nbytes),
-                    f"{outcome.p50_us / 1000:.2f}",
-                    f"{outcome.p99_us / 1000:.2f}",
+                    latency_ms(outcome, outcome.p50_us, unit=False),
+                    latency_ms(outcome, outcome.p99_us, unit=False),
                     str(outcome.status),
                     str(outcome.read),
                     str(outcome.write),

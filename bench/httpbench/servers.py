@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import resource
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -69,7 +70,7 @@ def nginx_conf(ctx: Context, port: int, connections: int = NGINX_CONNECTIONS) ->
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     rlimit = (
-        f"worker_rlimit_nofile {connections + FD_MARGIN};\n"
+        f"worker_rlimit_nofile {nofile_for(connections)};\n"
         if connections > NGINX_CONNECTIONS
         else ""
     )
@@ -99,6 +100,14 @@ http {{
     path = tmp / "nginx.conf"
     path.write_text(conf)
     return path
+
+
+def nofile_for(connections: int) -> int:
+    """Descriptors for `connections` plus files, capped at the hard limit nginx inherits:
+    without CAP_SYS_RESOURCE even root cannot go above it, and nginx would log an alert."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = connections + FD_MARGIN
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 
 
 def nginx_argv(ctx: Context, port: int, connections: int = NGINX_CONNECTIONS) -> list[str]:
