@@ -13,7 +13,10 @@ from .workloads import WORKLOADS, Workload
 
 
 def write_chart(
-    png: Path, specs: Sequence[ServerSpec], medians: dict[tuple[str, str], float | str]
+    png: Path,
+    specs: Sequence[ServerSpec],
+    medians: dict[tuple[str, str], float | str],
+    workloads: Sequence[Workload] = WORKLOADS,
 ) -> str:
     """Bars per server normalised to nginx = 1.0; skipped (and said so) without matplotlib."""
     try:
@@ -22,8 +25,8 @@ def write_chart(
         plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         return f"matplotlib not installed: skipped {png.name} ({INSTALL_HINT})"
-    fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(3.6 * len(WORKLOADS), 4.2))
-    for ax, wl in zip(axes, WORKLOADS, strict=True):
+    fig, axes = plt.subplots(1, len(workloads), figsize=(3.6 * len(workloads), 4.2), squeeze=False)
+    for ax, wl in zip(axes[0], workloads, strict=True):
         draw_workload(ax, wl, specs, medians)
     fig.suptitle("Median throughput relative to nginx (1 worker on CPU 0, wrk on CPU 1)")
     fig.tight_layout()

@@ -7,7 +7,7 @@ with the servers interleaved, and the medians plus every raw figure go to a mark
 report (and a PNG chart when matplotlib is available). See bench/README.md.
 
 Usage: python -m bench.httpbench [--rounds 3] [--duration 5] [--out bench/results.md]
-                                 [--servers nginx aws ...] [--quick]
+                                 [--servers nginx aws ...] [--workloads ka-1k ...] [--quick]
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from .preflight import choose_nginx_aio, ensure_tools, preflight_server
 from .procs import stop_all
 from .report import nginx_log_notes, progress_text, write_report
 from .servers import SERVERS, Context, ServerSpec, ktls_note, make_cert, servers_for
-from .workloads import WORKLOADS, make_root
+from .workloads import WORKLOADS, Workload, make_root
 from .wrk import NOISY_PCT, Outcome, foreign_cpu_pct, measure
 
 # Start + readiness probe + wrk start-up + stop, measured on the 2-core dev box.
 CELL_OVERHEAD_S = 1.0
+# Opening and verifying the idle connections, and resetting them afterwards.
+IDLE_OVERHEAD_S_PER_10K = 4.0
 PREFLIGHT_PER_SERVER_S = 3.0
 
 
@@ -42,18 +44,22 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run_rounds(
-    ctx: Context, specs: Sequence[ServerSpec], rounds: int, duration: int
+    ctx: Context,
+    specs: Sequence[ServerSpec],
+    rounds: int,
+    duration: int,
+    workloads: Sequence[Workload] = WORKLOADS,
 ) -> dict[tuple[str, str], list[Outcome]]:
     """Round r: every workload, every server, rotating server order to spread drift."""
     results: dict[tuple[str, str], list[Outcome]] = {}
     for rnd in range(rounds):
         shift = rnd % max(len(specs), 1)
         order = [*specs[shift:], *specs[:shift]]
-        for wl in WORKLOADS:
+        for wl in workloads:
             for spec in servers_for(wl, order):
                 outcome = measure(ctx, spec, wl, duration)
                 results.setdefault((wl.key, spec.name), []).append(outcome)
-                head = f"[round {rnd + 1}/{rounds}] {wl.key:<10} {spec.name:<18}"
+                head = f"[round {rnd + 1}/{rounds}] {wl.key:<15} {spec.name:<18}"
                 print(f"{head} {progress_text(outcome, wl)}", flush=True)
     return results
 
@@ -73,6 +79,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=names,
         help=f"subset of: {' '.join(names)} (comma-separated also accepted)",
     )
+    keys = [wl.key for wl in WORKLOADS]
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        default=keys,
+        help=f"subset of: {' '.join(keys)} (comma-separated also accepted)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -82,15 +95,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown server(s) {unknown}; choose from {names}")
     args.specs = [s for s in SERVERS if s.name in wanted]
+    rows = [k for item in args.workloads for k in item.split(",") if k]
+    unknown = sorted(set(rows) - set(keys))
+    if unknown:
+        parser.error(f"unknown workload(s) {unknown}; choose from {keys}")
+    args.workloads = [wl for wl in WORKLOADS if wl.key in rows]
     if args.rounds < 3 and not args.quick:
         print(f"note: {args.rounds} round(s) < 3, medians are not robust against noise")
     return args
 
 
-def estimate_seconds(specs: Sequence[ServerSpec], rounds: int, duration: int) -> float:
+def estimate_seconds(
+    specs: Sequence[ServerSpec],
+    rounds: int,
+    duration: int,
+    workloads: Sequence[Workload] = WORKLOADS,
+) -> float:
     """Upper-bound wall time so a too-long configuration is visible before it starts."""
-    cells = sum(len(servers_for(wl, specs)) for wl in WORKLOADS)
-    return len(specs) * PREFLIGHT_PER_SERVER_S + rounds * cells * (duration + CELL_OVERHEAD_S)
+    per_round = sum(
+        len(servers_for(wl, specs))
+        * (duration + CELL_OVERHEAD_S + IDLE_OVERHEAD_S_PER_10K * wl.idle / 10_000)
+        for wl in workloads
+    )
+    return len(specs) * PREFLIGHT_PER_SERVER_S + rounds * per_round
 
 
 def bench(args: argparse.Namespace, tmp: Path) -> None:
@@ -110,7 +137,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     print("preflight (start, probe, verify bodies):")
     status = {spec.name: preflight_server(ctx, spec) for spec in args.specs}
     usable = [s for s in args.specs if status[s.name] is None]
-    results = run_rounds(ctx, usable, args.rounds, args.duration)
+    results = run_rounds(ctx, usable, args.rounds, args.duration, args.workloads)
     ctx.notes += nginx_log_notes(ctx)
     medians, summary = write_report(
         args.out,
@@ -120,10 +147,11 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         results=results,
         rounds=args.rounds,
         duration=args.duration,
+        workloads=args.workloads,
     )
     print("\n".join(["", *summary, ""]))
     print(f"report written to {args.out}")
-    print(write_chart(args.out.with_suffix(".png"), args.specs, medians))
+    print(write_chart(args.out.with_suffix(".png"), args.specs, medians, args.workloads))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     ensure_tools()
-    est = estimate_seconds(args.specs, args.rounds, args.duration)
+    est = estimate_seconds(args.specs, args.rounds, args.duration, args.workloads)
     print(
         f"estimated time: ~{est / 60:.1f} min ({args.rounds} rounds x {args.duration} s, "
         f"servers: {', '.join(s.name for s in args.specs)})"

@@ -12,6 +12,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from .growth import growth_lines
 from .procs import SERVER_CPU, run_cmd
 from .servers import Context, ServerSpec
 from .workloads import WORKLOADS, Workload
@@ -36,14 +37,25 @@ def describe(outcome: Outcome, wl: Workload) -> str:
     return fmt_value(outcome.value(wl), wl)
 
 
+def latency_ms(sample: Sample, us: int, unit: bool = True) -> str:
+    """A latency percentile in ms; n/a when no request completed (256 clients on 64 MiB
+    files in a short run), where wrk reports 0."""
+    if not sample.requests:
+        return "n/a"
+    return f"{us / 1000:.2f} ms" if unit else f"{us / 1000:.2f}"
+
+
 def progress_text(outcome: Outcome, wl: Workload) -> str:
     """Live line per cell, with the CPU split so a suspicious figure is visible at once."""
     text = describe(outcome, wl)
     if isinstance(outcome, Sample):
         text += (
-            f"  p99 {outcome.p99_us / 1000:.2f} ms  cpu srv {outcome.server_cpu:.0f}%"
+            f"  p99 {latency_ms(outcome, outcome.p99_us)}  cpu srv {outcome.server_cpu:.0f}%"
             f" wrk {outcome.client_cpu:.0f}% other {outcome.other_cpu:.0f}%"
+            f"  {fmt_cost(outcome.server_cost(wl), wl)}"
         )
+        if outcome.idle_kib is not None:
+            text += f"  {outcome.idle_kib:.2f} KiB/idle conn"
         if outcome.connect or outcome.timeout:
             text += f"  connect-err {outcome.connect} timeouts {outcome.timeout}"
     return text
@@ -61,6 +73,22 @@ def median_of(outcomes: Sequence[Outcome], wl: Workload) -> float | str:
     if not samples:
         return "no data"
     return statistics.median(s.value(wl) for s in samples)
+
+
+def cpu_median(outcomes: Sequence[Outcome], wl: Workload) -> float | None:
+    """Median server CPU cost (wl.cost_unit) over rounds; None unless every round is trusted."""
+    samples = [o for o in outcomes if isinstance(o, Sample)]
+    if len(samples) < len(outcomes) or any(s.bad for s in samples):
+        return None
+    values = [v for v in (s.server_cost(wl) for s in samples) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_cost(us: float | None, wl: Workload) -> str:
+    """Server CPU in µs per request (or per MiB), one decimal where it still means something."""
+    if us is None:
+        return "n/a"
+    return f"{us:,.1f} {wl.cost_unit}" if us < 1000 else f"{us:,.0f} {wl.cost_unit}"
 
 
 def ratio_text(ratio: float | None, bar: float | None = None) -> str:
@@ -91,18 +119,24 @@ def medians_table(
     status: dict[str, str | None],
     medians: dict[tuple[str, str], float | str],
     marks: dict[tuple[str, str], str],
+    cpu: dict[tuple[str, str], float | None],
+    workloads: Sequence[Workload] = WORKLOADS,
 ) -> list[str]:
-    """Main table: per-server medians (with ratio to nginx), aws/nginx and the bar."""
-    names = [s.name for s in specs]
-    head = ["Workload", *names, "aws/nginx", "bar"]
+    """Main table: per-server medians (with ratio to nginx) each followed by the server's
+    CPU per request (per MiB on big-file rows), then aws/nginx and the bar."""
+    head = ["Workload"]
+    for spec in specs:
+        head += [spec.name, f"{spec.name} server CPU"]
+    head += ["aws/nginx", "bar"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for wl in WORKLOADS:
+    for wl in workloads:
         nginx = medians.get((wl.key, "nginx"))
         cells = [wl.title]
         for spec in specs:
             cells.append(
                 cell_text(wl, spec, status, medians, nginx) + marks.get((wl.key, spec.name), "")
             )
+            cells.append(cpu_cell(wl, spec, medians, cpu))
         aws = medians.get((wl.key, "aws"))
         ratio = aws / nginx if isinstance(aws, float) and isinstance(nginx, float) else None
         both = marks.get((wl.key, "aws"), "") + marks.get((wl.key, "nginx"), "")
@@ -132,6 +166,18 @@ def cell_text(
     if isinstance(nginx, float) and spec.name != "nginx":
         text += f" ({value / nginx:.2f}x)"
     return text
+
+
+def cpu_cell(
+    wl: Workload,
+    spec: ServerSpec,
+    medians: dict[tuple[str, str], float | str],
+    cpu: dict[tuple[str, str], float | None],
+) -> str:
+    """Server CPU per request (or MiB) beside its figure; blank where the figure is missing."""
+    if not isinstance(medians.get((wl.key, spec.name)), float):
+        return "—" if wl.aws_nginx_only and spec.name not in ("aws", "nginx") else ""
+    return fmt_cost(cpu.get((wl.key, spec.name)), wl)
 
 
 def short_status(reason: str) -> str:
@@ -175,7 +221,7 @@ def peer_row(
             flags = "".join(m for m in (CLIENT_BOUND_MARK, NOISY_MARK) if m in both)
     cells = [
         f"aws vs fastest Python peer ({wl.key}; {label})",
-        *["" for _ in specs],
+        *["" for _ in range(2 * len(specs))],
         ratio_text(ratio, PEER_BAR) + flags,
         f">= {PEER_BAR}",
     ]
@@ -199,8 +245,10 @@ def raw_table(results: dict[tuple[str, str], list[Outcome]]) -> list[str]:
         "connect err",
         "timeouts",
         "server cpu %",
+        "server CPU",
         "wrk cpu %",
         "other cpu %",
+        "idle KiB/conn",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     by_key = {wl.key: wl for wl in WORKLOADS}
@@ -212,16 +260,18 @@ def raw_table(results: dict[tuple[str, str], list[Outcome]]) -> list[str]:
                 row += [
                     str(outcome.requests),
                     str(outcome.nbytes),
-                    f"{outcome.p50_us / 1000:.2f}",
-                    f"{outcome.p99_us / 1000:.2f}",
+                    latency_ms(outcome, outcome.p50_us, unit=False),
+                    latency_ms(outcome, outcome.p99_us, unit=False),
                     str(outcome.status),
                     str(outcome.read),
                     str(outcome.write),
                     str(outcome.connect),
                     str(outcome.timeout),
                     f"{outcome.server_cpu:.0f}",
+                    fmt_cost(outcome.server_cost(wl), wl),
                     f"{outcome.client_cpu:.0f}",
                     f"{outcome.other_cpu:.0f}",
+                    "" if outcome.idle_kib is None else f"{outcome.idle_kib:.2f}",
                 ]
             else:
                 row += [""] * (len(head) - 4)
@@ -257,9 +307,8 @@ def pkg_version(name: str) -> str:
 
 def header_lines(ctx: Context, rounds: int, duration: int) -> list[str]:
     """Everything needed to judge whether two reports are comparable."""
-    peers = ", ".join(
-        f"{p} {pkg_version(p)}" for p in ("aiohttp", "uvicorn", "starlette", "uvloop", "httptools")
-    )
+    dists = ("aiohttp", "uvloop", "uvicorn", "starlette", "httptools", "granian")
+    peers = ", ".join(f"{p} {pkg_version(p)}" for p in dists)
     return [
         "# aws HTTP file-serving benchmark",
         "",
@@ -293,27 +342,35 @@ def write_report(
     results: dict[tuple[str, str], list[Outcome]],
     rounds: int,
     duration: int,
+    workloads: Sequence[Workload] = WORKLOADS,
 ) -> tuple[dict[tuple[str, str], float | str], list[str]]:
     """Markdown report: header, medians with ratios, server notes, raw rounds.
 
     Returns the medians (for the chart) and the summary lines (echoed to the terminal).
     """
-    medians = {
-        key: median_of(outs, next(w for w in WORKLOADS if w.key == key[0]))
-        for key, outs in results.items()
-    }
+    by_key = {wl.key: wl for wl in WORKLOADS}
+    medians = {key: median_of(outs, by_key[key[0]]) for key, outs in results.items()}
     summary = ["## Medians (ratio to nginx in parentheses)", ""]
-    summary += medians_table(specs, status, medians, cell_marks(results))
+    cpu = {key: cpu_median(outs, by_key[key[0]]) for key, outs in results.items()}
+    summary += medians_table(specs, status, medians, cell_marks(results), cpu, workloads)
     summary += [
         "",
         f"{CLIENT_BOUND_MARK.strip()} wrk used >= {CLIENT_BOUND_PCT:.0f}% of its core: the "
         "figure is a floor set by the single-core client, and a ratio involving it is "
         "compressed towards 1.0. Server/client CPU per run is in the raw table.",
         "",
+        "server CPU: the server's process-group CPU time during the run divided by the "
+        "requests wrk completed (µs/req), or by the MiB it received on the 64 MiB rows "
+        "(µs/MiB), median over rounds. It stays flat while the server is the bottleneck: a "
+        "row where req/s is low but µs/req is too is wrk-bound, and 1e6 / µs/req is what "
+        "one core of that server would sustain.",
+        "",
         f"{NOISY_MARK.strip()} in at least one round, processes other than the server and wrk "
         f"used >= {NOISY_PCT:.0f}% of a core: the machine was shared and the figure is suspect; "
         "rerun on a quiet machine.",
     ]
+    grown = growth_lines(results, medians, cpu)
+    summary += ["", *grown] if grown else []
     summary += ["", "## Servers and notes", ""]
     for spec in specs:
         summary.append(f"- {spec.name}: {status.get(spec.name) or 'ok (bodies verified)'}")

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import resource
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import BENCH_DIR
 from .workloads import Workload
 
 PEERS_DIR = BENCH_DIR / "peers"
+NGINX_CONNECTIONS = 4096
+# Rows with many idle connections: room for them, wrk's and the open files besides.
+MANY_CONNECTIONS = 20_000
+FD_MARGIN = 1024
+IDLE_KEEPALIVE_S = 75  # nginx.conf's keepalive_timeout; aws's default 15 s would drop them
 
 
 @dataclass
@@ -85,8 +91,12 @@ def ktls_note() -> str:
     return "HTTPS rows: the kernel has the tls module (kTLS possible; see aws's TLS line)"
 
 
-def nginx_conf(ctx: Context, port: int) -> Path:
-    """Tuned single-worker nginx: sendfile for static/, thread-pool aio+directio for dynamic/."""
+def nginx_conf(ctx: Context, port: int, connections: int = NGINX_CONNECTIONS) -> Path:
+    """Tuned single-worker nginx: sendfile for static/, thread-pool aio+directio for dynamic/.
+
+    `connections` above the default (the idle-connection rows) also raises the worker's
+    descriptor limit, which nginx otherwise leaves at what it inherited.
+    """
     tmp = ctx.tmp / "nginx"
     tmp.mkdir(exist_ok=True)
     temp_paths = "\n".join(
@@ -107,11 +117,16 @@ def nginx_conf(ctx: Context, port: int) -> Path:
         root {ctx.root};
         location /static/ {{ sendfile on; tcp_nopush on; }}
     }}"""
+    rlimit = (
+        f"worker_rlimit_nofile {nofile_for(connections)};\n"
+        if connections > NGINX_CONNECTIONS
+        else ""
+    )
     conf = f"""worker_processes 1;
-daemon off;
+{rlimit}daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     default_type application/octet-stream;
@@ -135,10 +150,18 @@ http {{
     return path
 
 
-def nginx_argv(ctx: Context, port: int) -> list[str]:
+def nofile_for(connections: int) -> int:
+    """Descriptors for `connections` plus files, capped at the hard limit nginx inherits:
+    without CAP_SYS_RESOURCE even root cannot go above it, and nginx would log an alert."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = connections + FD_MARGIN
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+
+
+def nginx_argv(ctx: Context, port: int, connections: int = NGINX_CONNECTIONS) -> list[str]:
     """nginx with a prefix and error log inside the temp dir (never touches /etc or /var/log)."""
     tmp = ctx.tmp / "nginx"
-    conf = nginx_conf(ctx, port)
+    conf = nginx_conf(ctx, port, connections)
     return ["nginx", "-p", f"{tmp}/", "-e", f"{tmp}/error.log", "-c", str(conf)]
 
 
@@ -179,6 +202,29 @@ def uvicorn_argv(ctx: Context, port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", *app, *opts]
 
 
+def aiohttp_uvloop_argv(ctx: Context, port: int) -> list[str]:
+    """The same aiohttp app on uvloop (bench/peers/aiohttp_uvloop_app.py)."""
+    app = str(PEERS_DIR / "aiohttp_uvloop_app.py")
+    return [sys.executable, app, "--root", str(ctx.root), "--port", str(port)]
+
+
+def granian_argv(ctx: Context, port: int) -> list[str]:
+    """granian's own static-file route (Rust core) in one worker with one thread of each kind.
+
+    The ASGI app in bench/peers/granian_app.py only 404s: /static is answered by granian
+    before Python is involved, which is how a granian user serves files fast.
+    """
+    listen = f"--interface asgi --host 127.0.0.1 --port {port} --http 1 --no-ws"
+    one_of_each = (
+        "--workers 1 --runtime-mode st --runtime-threads 1 --runtime-blocking-threads 1"
+        " --blocking-threads 1"
+    )
+    quiet = "--log-level warning --no-access-log"
+    static = ["--static-path-route", "/static", "--static-path-mount", str(ctx.root / "static")]
+    opts = [*f"{listen} {one_of_each} {quiet}".split(), *static, "--working-dir", str(PEERS_DIR)]
+    return [sys.executable, "-m", "granian", *opts, "granian_app:app"]
+
+
 def uvicorn_env(ctx: Context) -> dict[str, str]:
     """uvicorn imports the app by name, so the root travels in the environment."""
     return {"BENCH_ROOT": str(ctx.root)}
@@ -194,12 +240,19 @@ SERVERS: tuple[ServerSpec, ...] = (
     ),
     ServerSpec(name="aiohttp", python_peer=True, modules=("aiohttp",), argv=aiohttp_argv),
     ServerSpec(
+        name="aiohttp+uvloop",
+        python_peer=True,
+        modules=("aiohttp", "uvloop"),
+        argv=aiohttp_uvloop_argv,
+    ),
+    ServerSpec(
         name="uvicorn+starlette",
         python_peer=True,
         modules=("uvicorn", "starlette"),
         argv=uvicorn_argv,
         env=uvicorn_env,
     ),
+    ServerSpec(name="granian", python_peer=True, modules=("granian",), argv=granian_argv),
 )
 
 
@@ -208,3 +261,18 @@ def servers_for(wl: Workload, specs: Sequence[ServerSpec]) -> list[ServerSpec]:
     if wl.aws_nginx_only:
         return [s for s in specs if s.name in ("aws", "nginx")]
     return list(specs)
+
+
+def with_room_for_many(spec: ServerSpec) -> ServerSpec:
+    """The spec for the idle-connection rows: limits raised so 10,000 idle clients fit.
+
+    Only aws and nginx run those rows; aws also gets nginx's keep-alive timeout so no idle
+    connection expires during the run (the row fails loudly if one does).
+    """
+    if spec.name == "nginx":
+        return replace(spec, argv=lambda ctx, port: nginx_argv(ctx, port, MANY_CONNECTIONS))
+    if spec.name == "aws":
+        many = ["--max-connections", str(MANY_CONNECTIONS)]
+        many += ["--keepalive-timeout", str(IDLE_KEEPALIVE_S)]
+        return replace(spec, argv=lambda ctx, port: [*aws_argv(ctx, port), *many])
+    raise ValueError(f"{spec.name} has no many-connections configuration")

@@ -10,11 +10,16 @@ from pathlib import Path
 SMALL_SIZE = 1024
 LARGE_SIZE = 64 * 1024 * 1024
 MIB = 1024 * 1024
+IDLE_CONNECTIONS = 10_000
 
 
 @dataclass(frozen=True)
 class Workload:
-    """One wrk scenario; `bar` is the aws/nginx ratio aws is expected to reach."""
+    """One wrk scenario; `bar` is the aws/nginx ratio aws is expected to reach.
+
+    `idle`: keep-alive connections the bench process opens (one request each) and holds
+    idle for the whole run, so the row shows what many quiet clients cost the busy ones.
+    """
 
     key: str
     title: str
@@ -25,11 +30,17 @@ class Workload:
     bar: float
     aws_nginx_only: bool
     tls: bool = False  # over HTTPS, to the server's TLS listener (same certificate for all)
+    idle: int = 0
 
     @property
     def unit(self) -> str:
         """Unit of the headline figure: throughput for big files, rate for small ones."""
         return "MiB/s" if self.bytes_metric else "req/s"
+
+    @property
+    def cost_unit(self) -> str:
+        """Unit of the server CPU figure beside the headline one."""
+        return "µs/MiB" if self.bytes_metric else "µs/req"
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -106,6 +117,28 @@ WORKLOADS: tuple[Workload, ...] = (
         bar=0.8,
         aws_nginx_only=True,
         tls=True,
+    ),
+    # How the cost grows: the ka-1k and static-64m rows again, with many more connections.
+    Workload(
+        key="ka-1k-idle",
+        title=f"1 KiB static, keep-alive, c50 + {IDLE_CONNECTIONS:,} idle",
+        path="/static/1k.bin",
+        conns=50,
+        close=False,
+        bytes_metric=False,
+        bar=1.0,
+        aws_nginx_only=True,
+        idle=IDLE_CONNECTIONS,
+    ),
+    Workload(
+        key="static-64m-c256",
+        title="64 MiB static, c256",
+        path="/static/64m.bin",
+        conns=256,
+        close=False,
+        bytes_metric=True,
+        bar=0.95,
+        aws_nginx_only=True,
     ),
 )
 

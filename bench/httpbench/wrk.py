@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import BENCH_DIR
+from .idle import IdleError, group_rss_kib, held_idle, raise_nofile
 from .procs import free_port, run_cmd, running
-from .servers import Context, ServerError, ServerSpec
+from .servers import FD_MARGIN, Context, ServerError, ServerSpec, with_room_for_many
 from .workloads import MIB, Workload
 
 LUA_SCRIPT = BENCH_DIR / "wrk_report.lua"
@@ -39,6 +40,21 @@ class Sample:
     server_cpu: float = 0.0  # % of one core used by the server's process group
     client_cpu: float = 0.0  # % of one core used by wrk
     other_cpu: float = 0.0  # % of one core used by everything else (other users' jobs)
+    server_cpu_s: float = 0.0  # CPU seconds of the server's process group during the run
+    idle_kib: float | None = None  # server RSS per idle connection (rows with Workload.idle)
+
+    @property
+    def server_us_per_request(self) -> float | None:
+        """Server CPU per completed request: flat when the server is the bottleneck, and
+        low with the server well under 100% when wrk is (a wrk-bound row shows as such)."""
+        return 1e6 * self.server_cpu_s / self.requests if self.requests else None
+
+    def server_cost(self, wl: Workload) -> float | None:
+        """Server CPU µs per request, or per MiB on big-file rows: with 256 clients on
+        64 MiB files hardly a request completes in a short run, but every byte counts."""
+        if not wl.bytes_metric:
+            return self.server_us_per_request
+        return 1e6 * self.server_cpu_s / (self.nbytes / MIB) if self.nbytes else None
 
     @property
     def client_bound(self) -> bool:
@@ -149,6 +165,7 @@ def run_wrk(wl: Workload, port: int, pgid: int, duration: int) -> Outcome:
     return dataclasses.replace(
         sample,
         server_cpu=100 * srv / secs,
+        server_cpu_s=srv,
         client_cpu=100 * cli / secs,
         other_cpu=100 * other / secs,
     )
@@ -162,10 +179,40 @@ def measure(ctx: Context, spec: ServerSpec, wl: Workload, duration: int) -> Outc
         if ctx.tls is None:
             return "no certificate: `openssl req` failed or openssl is missing"
         tls_port = ctx.tls_port = free_port()
+    if wl.idle:
+        spec = with_room_for_many(spec)
+        try:
+            raise_nofile(wl.idle + FD_MARGIN)  # before the server starts: it inherits it
+        except IdleError as exc:
+            return str(exc)
     try:
         with running(ctx, spec) as (port, pgid):
+            if wl.idle:
+                return run_with_idle(ctx, wl, port, pgid, duration)
             return run_wrk(wl, tls_port or port, pgid, duration)
     except ServerError as exc:
         return f"failed to start: {exc}"
     finally:
         ctx.tls_port = None
+
+
+def run_with_idle(ctx: Context, wl: Workload, port: int, pgid: int, duration: int) -> Outcome:
+    """The wrk run with `wl.idle` verified keep-alive connections held open throughout.
+
+    Memory per idle connection: the server group's RSS with them all open minus its RSS
+    just before the first was opened (the server had already answered the readiness
+    probe), divided by their number.
+    """
+    before = group_rss_kib(pgid)
+    try:
+        with held_idle(port, wl.idle, wl.path, ctx.digests[wl.path]) as pool:
+            held = group_rss_kib(pgid)
+            outcome = run_wrk(wl, port, pgid, duration)
+            closed = pool.closed()
+    except IdleError as exc:
+        return f"idle connections: {exc}"
+    if isinstance(outcome, str):
+        return outcome
+    if closed:
+        return f"the server closed {closed} of {wl.idle} idle connections during the run"
+    return dataclasses.replace(outcome, idle_kib=(held - before) / wl.idle)
