@@ -135,3 +135,31 @@ def test_a_link_swapped_out_is_seen_at_revalidation(tree: Path, tmp_path: Path) 
 def test_unknown_policy_is_refused(tree: Path) -> None:
     with pytest.raises(ValueError):
         FileCache(str(tree), "static", direct=False, symlinks="sometimes")
+
+
+def test_the_etag_is_size_and_mtime_so_replicas_agree(tmp_path: Path) -> None:
+    """Two copies of a file (another inode, as on another machine) with the same size
+    and mtime get the same ETag; a same-size rewrite with a new mtime gets another."""
+    etags = []
+    for name in ("one", "two"):
+        (tmp_path / name / "static").mkdir(parents=True)
+        path = tmp_path / name / "static" / "a.txt"
+        path.write_bytes(b"same bytes")
+        os.utime(path, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+        cache = FileCache(str(tmp_path / name), "static", direct=False)
+        res = cache.acquire([b"a.txt"], now=0.0)
+        etags.append(res.etag)
+        res.release()
+        cache.close()
+    assert (
+        os.stat(tmp_path / "one/static/a.txt").st_ino
+        != os.stat(tmp_path / "two/static/a.txt").st_ino
+    )
+    assert etags[0] == etags[1] == b'"%x-%x"' % (1_700_000_000_123_456_789, 10)
+    path = tmp_path / "one" / "static" / "a.txt"
+    os.utime(path, ns=(1_700_000_000_123_456_790, 1_700_000_000_123_456_790))
+    cache = FileCache(str(tmp_path / "one"), "static", direct=False)
+    res = cache.acquire([b"a.txt"], now=0.0)
+    assert res.etag != etags[0]
+    res.release()
+    cache.close()

@@ -73,7 +73,13 @@ class Resource:
         self.size = st.st_size
         self.mtime = int(st.st_mtime)
         self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        self.etag = b'"%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_size)
+        # From size and mtime only, as nginx and Apache 2.4 do: the inode differs from
+        # one machine to the next, so replicas behind one load balancer would disagree
+        # and every cache would miss when it switched. Nanoseconds rather than nginx's
+        # seconds: a same-size rewrite within a second must not keep a strong ETag
+        # (If-Range would splice two versions), and rsync -a, cp -p, tar --format=pax
+        # and image layers all carry the nanoseconds over.
+        self.etag = b'"%x-%x"' % (st.st_mtime_ns, st.st_size)
         self.last_modified = heads.http_date(st.st_mtime)
         self.content_type = content_type(name)
         self.direct = direct
