@@ -26,17 +26,35 @@ def build_parser() -> argparse.ArgumentParser:
     for f in config.flags():
         meta = f.metadata
         default = config.default_of(f)
-        shown = "" if default is None else " (default: %(default)s)"
+        flag = "--" + f.name.replace("_", "-")
+        if meta["parse"] is bool:
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=meta["help"] + " (default: %(default)s)",
+            )
+            continue
+        shown = "" if default in (None, ()) else " (default: %(default)s)"
         p.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
             dest=f.name,
             type=meta["parse"],
             default=default,
             choices=meta["choices"],
             metavar=meta["metavar"] or _METAVARS.get(meta["parse"]),
             help=meta["help"] + shown,
+            **({"action": _Append} if meta["repeat"] else {}),
         )
     return p
+
+
+class _Append(argparse.Action):
+    """Collect a repeated flag into a tuple (a Config field is immutable)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest), values))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,8 @@ from collections.abc import Callable
 import aiobind
 from aws import heads, http
 from aws.mime import content_type
+from aws.negotiate import CODINGS
+from aws.sitepolicy import Fields, Policy
 
 log = logging.getLogger("aws.files")
 
@@ -50,25 +52,44 @@ _NOT_FOUND = frozenset(
 
 
 class Resource:
-    """An open regular file and what a response needs to know about it."""
+    """An open regular file and what a response needs to know about it.
+
+    A precompressed variant (``x.br`` for ``x``) is a Resource of its own, with its own
+    descriptor, ETag and heads; the file it stands for lists it in ``variants``.
+    """
 
     __slots__ = (
         "_date",
+        "_fields",
         "_heads",
         "checked",
         "content_type",
         "direct",
+        "encoding",
         "etag",
         "fd",
         "identity",
         "last_modified",
         "mtime",
         "refs",
+        "siblings",
         "size",
         "stale",
+        "variants",
     )
 
-    def __init__(self, fd: int, st: os.stat_result, name: bytes, direct: bool, now: float):
+    def __init__(
+        self,
+        fd: int,
+        st: os.stat_result,
+        name: bytes,
+        direct: bool,
+        now: float,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+        encoding: bytes = b"",
+        vary: bool = False,
+        ctype: bytes | None = None,
+    ):
         self.fd = fd
         self.size = st.st_size
         self.mtime = int(st.st_mtime)
@@ -78,29 +99,50 @@ class Resource:
         # and every cache would miss when it switched. Nanoseconds rather than nginx's
         # seconds: a same-size rewrite within a second must not keep a strong ETag
         # (If-Range would splice two versions), and rsync -a, cp -p, tar --format=pax
-        # and image layers all carry the nanoseconds over.
-        self.etag = b'"%x-%x"' % (st.st_mtime_ns, st.st_size)
+        # and image layers all carry the nanoseconds over. A variant names its coding,
+        # so x.gz and x.br made in the same instant at the same size still differ.
+        if encoding:
+            self.etag = b'"%x-%x-%s"' % (st.st_mtime_ns, st.st_size, encoding)
+        else:
+            self.etag = b'"%x-%x"' % (st.st_mtime_ns, st.st_size)
         self.last_modified = heads.http_date(st.st_mtime)
-        self.content_type = content_type(name)
+        self.content_type = content_type(name) if ctype is None else ctype
+        self.encoding = encoding
         self.direct = direct
         self.checked = now
         self.refs = 0
         self.stale = False
+        # (Content-Encoding, Resource) in the server's order, or None: no variant.
+        self.variants: tuple[tuple[bytes, Resource], ...] | None = None
+        # What the siblings looked like when they were opened (None: not looked for).
+        self.siblings: tuple[object, ...] | None = None
         self._date = b""
         self._heads: tuple[bytes, bytes] = (b"", b"")
-
-    def fields(self) -> list[tuple[bytes, bytes]]:
-        return [
+        tail = [*extra]
+        if encoding:
+            tail.insert(0, (b"Content-Encoding", encoding))
+        if vary:
+            tail.insert(0, (b"Vary", b"Accept-Encoding"))
+        self._fields = (
             (b"Content-Type", self.content_type),
             (b"Last-Modified", self.last_modified),
             (b"ETag", self.etag),
             (b"Accept-Ranges", b"bytes"),
-        ]
+            *tail,
+        )
+
+    def fields(self) -> list[tuple[bytes, bytes]]:
+        return [*self._fields]
+
+    def validator_fields(self) -> list[tuple[bytes, bytes]]:
+        """What a 304 carries: the validators, and Vary, the coding, Cache-Control and
+        the extra headers of the 200 it stands for (RFC 9110 15.4.5)."""
+        return [f for f in self._fields if f[0] not in (b"Content-Type", b"Accept-Ranges")]
 
     def ok_head(self, date: bytes, keep_alive: bool) -> bytes:
         """The whole-file 200 head, built once per second per file."""
         if date is not self._date:
-            fields = [*self.fields(), (b"Content-Length", b"%d" % self.size)]
+            fields = [*self._fields, (b"Content-Length", b"%d" % self.size)]
             self._heads = (
                 heads.build_head(200, date, False, fields),
                 heads.build_head(200, date, True, fields),
@@ -138,6 +180,7 @@ class FileCache:
         directio: int = 0,
         symlinks: str = "root",
         way: str = "",
+        policy: Policy | None = None,
     ) -> None:
         if symlinks not in SYMLINK_POLICIES:
             raise ValueError(f"symlinks must be one of {SYMLINK_POLICIES}, not {symlinks!r}")
@@ -150,6 +193,9 @@ class FileCache:
         self.max_entries = max_entries
         self.valid = valid
         self.symlinks = symlinks
+        self.policy = policy if policy is not None else Policy()
+        self.url_lead = b"/" + os.fsencode(prefix) + b"/"  # what the patterns match under
+        self._older_logged: set[bytes] = set()
         self._entries: dict[bytes, Resource] = {}
         self._on_buffered = on_buffered
         # _base_fd is the boundary every open stays beneath; _lead is the path from it
@@ -207,12 +253,11 @@ class FileCache:
                 st = os.stat(self._lead + path, dir_fd=self._base_fd)
             except OSError:
                 st = None
-            if st is not None and old.identity == (
-                st.st_dev,
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
+            if (
+                st is not None
+                and old.identity
+                == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                and (old.siblings is None or old.siblings == self._siblings(path))
             ):
                 old.checked = now
                 return old
@@ -226,9 +271,73 @@ class FileCache:
 
     def _drop(self, key: bytes, res: Resource) -> None:
         del self._entries[key]
+        for _, variant in res.variants or ():
+            variant.stale = True
+            if variant.refs == 0:
+                variant.close()
         res.stale = True
         if res.refs == 0:
             res.close()
+
+    def _siblings(self, path: bytes) -> tuple[object, ...]:
+        """What is on disk beside ``path`` for each coding: a change in it (a sibling
+        made, removed or rewritten) reopens the file and its variants."""
+        out: list[object] = []
+        for _, suffix in CODINGS:
+            try:
+                st = os.stat(self._lead + path + suffix, dir_fd=self._base_fd)
+            except OSError:
+                out.append(None)
+                continue
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(out)
+
+    def _variants(
+        self, path: bytes, base: os.stat_result, ctype: bytes, extra: Fields, now: float
+    ) -> tuple[tuple[bytes, Resource], ...]:
+        """Open the precompressed siblings of ``path`` that may stand for it."""
+        found = []
+        for coding, suffix in CODINGS:
+            try:
+                fd = self._confined_open(self._lead + path + suffix)
+            except http.HttpError:
+                continue  # absent, or refused like any file would be
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(fd)
+                    continue
+                if st.st_mtime_ns < base.st_mtime_ns:
+                    os.close(fd)
+                    self._log_older(path + suffix)
+                    continue
+                direct = self._direct(fd, st)
+                res = Resource(fd, st, b"", direct, now, extra, coding, True, ctype)
+            except BaseException:
+                os.close(fd)
+                raise
+            found.append((coding, res))
+        return tuple(found)
+
+    def _log_older(self, path: bytes) -> None:
+        if path in self._older_logged:
+            return
+        if len(self._older_logged) >= 1024:
+            self._older_logged.clear()
+        self._older_logged.add(path)
+        log.warning(
+            "%s/%s is older than the file it compresses: not served until it is remade",
+            self.directory,
+            os.fsdecode(path),
+        )
+
+    def _direct(self, fd: int, st: os.stat_result) -> bool:
+        if not (self.direct and st.st_size >= self.directio):
+            return False
+        direct = aiobind.set_direct(fd)
+        if not direct and self._on_buffered is not None:
+            self._on_buffered(self.directory)
+        return direct
 
     def _open(self, key: bytes, segments: list[bytes], now: float) -> Resource:
         if self._base_fd < 0:
@@ -250,12 +359,19 @@ class FileCache:
                 raise Redirect()
             if not stat.S_ISREG(st.st_mode):
                 raise http.HttpError(404, "not a regular file")
-            direct = False
-            if self.direct and st.st_size >= self.directio:
-                direct = aiobind.set_direct(fd)
-                if not direct and self._on_buffered is not None:
-                    self._on_buffered(self.directory)
-            return Resource(fd, st, name, direct, now)
+            direct = self._direct(fd, st)
+            policy = self.policy
+            extra = policy.fields_for(self.url_lead + path)
+            if not policy.precompressed:
+                return Resource(fd, st, name, direct, now, extra)
+            siblings = self._siblings(path)
+            variants = ()
+            if any(siblings):
+                variants = self._variants(path, st, content_type(name), extra, now)
+            res = Resource(fd, st, name, direct, now, extra, vary=bool(variants))
+            res.siblings = siblings
+            res.variants = variants or None
+            return res
         except BaseException:
             os.close(fd)
             raise

@@ -16,6 +16,7 @@ from aws import heads
 from aws.conditions import evaluate
 from aws.files import FileCache, Redirect, Resource
 from aws.http import ALLOW, HttpError, Request
+from aws.negotiate import choose
 
 SENDFILE = "sendfile"  # zero-copy from the page cache
 AIO = "aio"  # io_submit into aligned buffers, then send
@@ -62,6 +63,8 @@ def answer(
         if len(segments) == 1:
             raise Redirect()
         res = cache.acquire(segments[1:], now, req.key)
+        if res.variants is not None:  # x.br, x.zst or x.gz stand beside it
+            res = _pick_variant(req, res, res.variants)
     except Redirect:
         location = quote_from_bytes(req.path + b"/").encode()
         fields = ((b"Location", location), *_EMPTY)
@@ -80,14 +83,28 @@ def answer(
         ]
         head = heads.build_head(206, date, keep, fields)
     elif status == 304:
-        fields = [(b"Last-Modified", res.last_modified), (b"ETag", res.etag)]
-        head = heads.build_head(304, date, keep, fields)
+        head = heads.build_head(304, date, keep, res.validator_fields())
     else:
         extra = ((b"Content-Range", b"bytes */%d" % res.size),) if status == 416 else ()
         res.release()
         head_only = req.method == "HEAD"
         return Reply(status, heads.error_response(status, date, keep, head_only, extra))
     return _with_body(req, res, cache, status, head, decision.start, decision.end)
+
+
+def _pick_variant(
+    req: Request, res: Resource, variants: tuple[tuple[bytes, Resource], ...]
+) -> Resource:
+    """The variant Accept-Encoding prefers, or ``res``; the reference moves with it."""
+    coding = choose(req.headers.get(b"accept-encoding"), tuple(c for c, _ in variants))
+    if coding is None:
+        return res
+    for name, variant in variants:
+        if name == coding:
+            variant.refs += 1
+            res.release()
+            return variant
+    return res
 
 
 def _with_body(

@@ -15,7 +15,7 @@ import socket
 import time
 from typing import TextIO
 
-from aws import heads
+from aws import heads, sitepolicy
 from aws.aio import AioReader
 from aws.config import Config
 from aws.connection import Connection
@@ -54,7 +54,14 @@ class Server:
             "valid": config.open_file_valid,
             "symlinks": config.symlinks,
         }
-        self.static = FileCache(root, "static", direct=False, way=SENDFILE, **common)
+        self.static = FileCache(
+            root,
+            "static",
+            direct=False,
+            way=SENDFILE,
+            policy=sitepolicy.for_prefix(config, "static"),
+            **common,
+        )
         # Like nginx's directio: small /dynamic/ files are read through the page cache.
         self.dynamic = FileCache(
             root,
@@ -63,6 +70,7 @@ class Server:
             way=AIO,
             on_buffered=self._buffered_once,
             directio=config.directio,
+            policy=sitepolicy.for_prefix(config, "dynamic"),
             **common,
         )
         self.caches: dict[bytes | None, FileCache] = {
