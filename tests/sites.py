@@ -24,6 +24,7 @@ def site_server(
     tmp_path_factory: pytest.TempPathFactory,
     make: Callable[[Path], None],
     extra: list[str],
+    preexec: Callable[[], None] | None = None,
 ) -> Iterator[ServerProcess]:
     mode: str = request.param
     if mode == "shim" and request.config.getoption("--plain-only"):
@@ -44,6 +45,7 @@ def site_server(
         stats_path=stats,
         workers=1,
         extra=extra,
+        preexec=preexec,
     )
     try:
         yield srv

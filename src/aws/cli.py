@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from aws import config
+from aws import config, errorpages
 from aws.config import Config
 from aws.workers import SingleProcess, StartupError, Supervisor
 
@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     values = {f.name: getattr(args, f.name) for f in config.flags()}
     settings = Config(**{**values, "root": root})
+    if settings.error_pages:
+        try:
+            errorpages.load(root, settings.error_pages)
+        except errorpages.PageError as exc:
+            print(f"aws: --error-pages: {exc}", file=sys.stderr)
+            return 2
     server: SingleProcess | Supervisor
     if settings.workers == 1:
         server = SingleProcess(settings)

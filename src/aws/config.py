@@ -207,6 +207,23 @@ class Config:
         help="an extra response header for files whose URL path matches PATTERN, e.g. "
         "'*=X-Content-Type-Options: nosniff' (repeatable; every match adds)",
     )
+    error_pages: str | None = option(
+        None,
+        metavar="DIR",
+        help="answer 404 and 5xx with the pages 404.html, 5NN.html or 5xx.html (any 5xx) "
+        "from DIR under the root (the status is kept)",
+    )
+    spa: tuple[str, ...] = option(
+        (),
+        repeat=True,
+        choices=("static", "dynamic"),
+        metavar="PREFIX",
+        help="single-page app under PREFIX: an unknown path there serves its index.html "
+        "with 200, except paths with an extension (repeatable)",
+    )
+    spa_any_path: bool = option(
+        False, parse=bool, help="the --spa fallback also for paths with an extension"
+    )
     open_file_cache: int = 1024  # open files kept per prefix per worker
     open_file_valid: float = 0.5  # seconds between re-checks: a replaced file shows within it
     backlog: int = 1024

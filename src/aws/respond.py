@@ -58,11 +58,14 @@ def answer(
         return Reply(200, heads.build_head(200, date, keep, fields))
     cache = caches.get(req.prefix)
     if cache is None:
-        raise HttpError(404, "outside /static/ and /dynamic/")
+        raise _with_page(HttpError(404, "outside /static/ and /dynamic/"), caches)
     try:
         if len(segments) == 1:
             raise Redirect()
-        res = cache.acquire(segments[1:], now, req.key)
+        try:
+            res = cache.acquire(segments[1:], now, req.key)
+        except HttpError as exc:
+            res = _fallback(exc, segments, cache, now, caches)
         if res.variants is not None:  # x.br, x.zst or x.gz stand beside it
             res = _pick_variant(req, res, res.variants)
     except Redirect:
@@ -92,6 +95,42 @@ def answer(
     return _with_body(req, res, cache, status, head, decision.start, decision.end)
 
 
+class PagedError(HttpError):
+    """An error answered with a custom page from the document root (``--error-pages``)."""
+
+    def __init__(self, exc: HttpError, page: bytes) -> None:
+        super().__init__(exc.status, exc.detail, exc.close, exc.headers, exc.method, exc.request)
+        self.page = page
+
+
+def _with_page(exc: HttpError, caches: Mapping[bytes | None, FileCache]) -> HttpError:
+    """``exc``, or the same error carrying its custom page when there is one."""
+    for cache in caches.values():  # every prefix holds the same pages
+        page = cache.policy.page(exc.status)
+        return exc if page is None else PagedError(exc, page)
+    return exc
+
+
+def _fallback(
+    exc: HttpError,
+    segments: list[bytes],
+    cache: FileCache,
+    now: float,
+    caches: Mapping[bytes | None, FileCache],
+) -> Resource:
+    """A single-page app's index for an unknown path (starlette's ``html=True``, nginx's
+    ``try_files $uri /index.html``), or ``exc`` with its page. A path that looks like a
+    file (its last segment has an extension) still gets its 404 unless told otherwise:
+    a missing script should not be answered with HTML."""
+    policy = cache.policy
+    if exc.status != 404 or not policy.spa or (b"." in segments[-1] and not policy.spa_any_path):
+        raise _with_page(exc, caches) from None
+    try:
+        return cache.acquire([b""], now, b"")
+    except (HttpError, Redirect):
+        raise _with_page(exc, caches) from None
+
+
 def _pick_variant(
     req: Request, res: Resource, variants: tuple[tuple[bytes, Resource], ...]
 ) -> Resource:
@@ -119,4 +158,7 @@ def _with_body(
 def error(exc: HttpError, req: Request | None, date: bytes, keep: bool) -> Reply:
     """The reply for a request refused with ``exc`` (a HEAD gets the head alone)."""
     head_only = (req.method if req is not None else exc.method) == "HEAD"
-    return Reply(exc.status, heads.error_response(exc.status, date, keep, head_only, exc.headers))
+    page = exc.page if isinstance(exc, PagedError) else None
+    return Reply(
+        exc.status, heads.error_response(exc.status, date, keep, head_only, exc.headers, page)
+    )

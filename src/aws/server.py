@@ -15,7 +15,7 @@ import socket
 import time
 from typing import TextIO
 
-from aws import heads, sitepolicy
+from aws import errorpages, heads, sitepolicy
 from aws.aio import AioReader
 from aws.config import Config
 from aws.connection import Connection
@@ -49,6 +49,8 @@ class Server:
         cached = max(
             1, min(config.open_file_cache, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
         )
+        # Checked by the command line before any worker starts.
+        pages = errorpages.load(root, config.error_pages) if config.error_pages else {}
         common = {
             "max_entries": cached,
             "valid": config.open_file_valid,
@@ -59,7 +61,7 @@ class Server:
             "static",
             direct=False,
             way=SENDFILE,
-            policy=sitepolicy.for_prefix(config, "static"),
+            policy=sitepolicy.for_prefix(config, "static", pages),
             **common,
         )
         # Like nginx's directio: small /dynamic/ files are read through the page cache.
@@ -70,7 +72,7 @@ class Server:
             way=AIO,
             on_buffered=self._buffered_once,
             directio=config.directio,
-            policy=sitepolicy.for_prefix(config, "dynamic"),
+            policy=sitepolicy.for_prefix(config, "dynamic", pages),
             **common,
         )
         self.caches: dict[bytes | None, FileCache] = {

@@ -66,5 +66,7 @@ def for_prefix(config: Config, prefix: str, pages: Mapping[int, bytes] | None = 
         precompressed=config.precompressed,
         cache_control=config.cache_control,
         headers=config.header,
+        spa=prefix in config.spa,
+        spa_any_path=config.spa_any_path,
         pages=pages or {},
     )
