@@ -147,6 +147,9 @@ def test_ranges_and_conditionals_apply_to_the_variant_bytes(
     # ...and not for the file itself, whose bytes differ.
     other = get(site, path, **{"Accept-Encoding": None, "Range": "bytes=0-9", "If-Range": etag})
     assert other.status_code == 200 and other.raw_bytes == BIG  # type: ignore[attr-defined]
+    # Several ranges of a coded variant: the whole variant, not parts of a coded stream.
+    parts = get(site, path, **{"Accept-Encoding": "gzip", "Range": "bytes=0-9,100-109"})
+    assert parts.status_code == 200 and parts.raw_bytes == BIG[::-1]  # type: ignore[attr-defined]
     with RawClient(site.addr) as c:
         c.send(
             f"GET {path} HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n"

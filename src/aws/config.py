@@ -224,6 +224,12 @@ class Config:
     spa_any_path: bool = option(
         False, parse=bool, help="the --spa fallback also for paths with an extension"
     )
+    max_ranges: int = option(
+        100,
+        parse=positive_int,
+        help="ranges one request may ask for; more get the whole file (nginx's max_ranges; "
+        "1: single ranges only). Several ranges are merged and sent as multipart/byteranges",
+    )
     open_file_cache: int = 1024  # open files kept per prefix per worker
     open_file_valid: float = 0.5  # seconds between re-checks: a replaced file shows within it
     backlog: int = 1024

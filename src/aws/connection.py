@@ -22,6 +22,7 @@ from aws import respond, transfer
 from aws.aio import DynamicBody
 from aws.http import Framer, HttpError, Request
 from aws.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from aws.multipart import Cursor, MultipartBody
 from aws.states import (
     AIO_WAIT,
     CLOSED,
@@ -84,6 +85,7 @@ class Connection:
         "linger",
         "mask",
         "out",
+        "parts",
         "peer",
         "pending",
         "pos",
@@ -115,8 +117,9 @@ class Connection:
         self.pending: Request | None = None  # waiting for its body to be discarded
         self.keep_alive = True
         self.out = b""  # head (or whole small response) bytes not yet sent
+        self.parts: Cursor | None = None  # a multipart /static/ body's place
         self.res: Resource | None = None
-        self.body: DynamicBody | None = None
+        self.body: DynamicBody | MultipartBody | None = None
         self.pos = 0
         self.stop = 0
         self.status = 0
@@ -339,6 +342,9 @@ class Connection:
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
+        if reply.way is not respond.AIO:
+            self._start_parts(reply)  # type: ignore[arg-type]
+            return
         self._to(AIO_WAIT)
         self.body = DynamicBody(
             server.aio, self, res.fd, reply.start, reply.stop, server.config.aio_depth
@@ -346,6 +352,23 @@ class Connection:
         if not res.direct:
             # A buffered read is done when io_submit returns: answer now, not a loop
             # turn and an eventfd read later.
+            server.aio.reap_now()
+
+    def _start_parts(self, reply: respond.PartsReply) -> None:
+        """multipart/byteranges: delimiters and ranges, by sendfile or by AIO."""
+        res = reply.res
+        assert res is not None
+        server = self.server
+        if reply.way is respond.PARTS_SENDFILE:
+            self.parts = Cursor(reply.segments)
+            if reply.stop >= transfer.CORK_ABOVE:
+                self.corked = transfer.cork(self.sock, True)
+            self._to(SEND_HEAD)
+            self._send_head(EPOLLOUT)
+            return
+        self._to(AIO_WAIT)
+        self.body = MultipartBody(server.aio, self, res.fd, reply.segments, server.config.aio_depth)
+        if not res.direct:
             server.aio.reap_now()
 
     def _block(self) -> None:
@@ -368,6 +391,9 @@ class Connection:
             self._send_file(EPOLLOUT)
 
     def _send_file(self, events: int) -> None:
+        if self.parts is not None:
+            self._send_parts()
+            return
         res = self.res
         assert res is not None
         start = self.pos
@@ -384,6 +410,23 @@ class Connection:
             self._block()
         else:
             self._finish()
+
+    def _send_parts(self) -> None:
+        res = self.res
+        assert res is not None and self.parts is not None
+        try:
+            outcome, sent = transfer.send_parts(
+                self.sock, res.fd, self.parts, self.server.config.sendfile_chunk
+            )
+        except transfer.TransferFailed as exc:
+            self._failed_transfer(exc)
+            return
+        self.sent += sent
+        if outcome is transfer.DONE:
+            self.parts = None
+            self._finish()
+        else:
+            self._block()
 
     def on_body_ready(self) -> None:
         """The AIO read the response is waiting for has completed."""

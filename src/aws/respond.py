@@ -12,14 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import quote_from_bytes
 
-from aws import heads
+from aws import heads, multipart
 from aws.conditions import evaluate
 from aws.files import FileCache, Redirect, Resource
 from aws.http import ALLOW, HttpError, Request
+from aws.multipart import Segment
 from aws.negotiate import choose
 
 SENDFILE = "sendfile"  # zero-copy from the page cache
 AIO = "aio"  # io_submit into aligned buffers, then send
+# multipart/byteranges: a :class:`PartsReply`, its segments sent by sendfile or by AIO
+PARTS_SENDFILE = "parts-sendfile"
+PARTS_AIO = "parts-aio"
 
 _EMPTY = ((b"Content-Length", b"0"),)
 
@@ -48,6 +52,19 @@ class Reply:
         self.way = way
 
 
+class PartsReply(Reply):
+    """A ``multipart/byteranges`` reply: ``segments`` are the delimiters and the ranges
+    of ``res`` (:mod:`aws.multipart`); ``[start, stop)`` is ``[0, body length)``."""
+
+    __slots__ = ("segments",)
+
+    def __init__(
+        self, head: bytes, res: Resource, length: int, way: str, segs: list[Segment]
+    ) -> None:
+        super().__init__(206, head, res, 0, length, way)
+        self.segments = segs
+
+
 def answer(
     req: Request, caches: Mapping[bytes | None, FileCache], now: float, date: bytes, keep: bool
 ) -> Reply:
@@ -74,8 +91,14 @@ def answer(
         return Reply(301, heads.build_head(301, date, keep, fields))
     if not req.conditional:  # the fast path: a plain GET or HEAD of the whole file
         return _with_body(req, res, cache, 200, res.ok_head(date, keep), 0, res.size)
-    decision = evaluate(req, res)
+    decision = evaluate(req, res, cache.policy.max_ranges)
     status = decision.status
+    if status == 206 and decision.parts is not None:
+        if not res.encoding:
+            return _multipart(res, cache, decision.parts, date, keep)
+        # Parts of a compressed variant would each be pieces of one coded stream under
+        # a multipart head that claims no coding: send the whole variant instead.
+        status, decision.start, decision.end = 200, 0, res.size
     if status == 200:
         head = res.ok_head(date, keep)
     elif status == 206:
@@ -144,6 +167,19 @@ def _pick_variant(
             res.release()
             return variant
     return res
+
+
+def _multipart(
+    res: Resource, cache: FileCache, ranges: list[tuple[int, int]], date: bytes, keep: bool
+) -> Reply:
+    boundary, segs, length = multipart.segments(ranges, res.size, res.content_type)
+    fields = [
+        (b"Content-Type", b"multipart/byteranges; boundary=" + boundary),
+        *(f for f in res.fields() if f[0] != b"Content-Type"),
+        (b"Content-Length", b"%d" % length),
+    ]
+    way = PARTS_AIO if cache.way is AIO else PARTS_SENDFILE
+    return PartsReply(heads.build_head(206, date, keep, fields), res, length, way, segs)
 
 
 def _with_body(
