@@ -224,6 +224,14 @@ class Config:
     spa_any_path: bool = option(
         False, parse=bool, help="the --spa fallback also for paths with an extension"
     )
+    listing: tuple[str, ...] = option(
+        (),
+        repeat=True,
+        choices=("static", "dynamic"),
+        metavar="PREFIX",
+        help="list folders without an index.html under PREFIX, as HTML or as JSON for "
+        "Accept: application/json (repeatable; off by default)",
+    )
     max_ranges: int = option(
         100,
         parse=positive_int,

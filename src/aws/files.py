@@ -41,6 +41,7 @@ log = logging.getLogger("aws.files")
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _RESOLVE = aiobind.RESOLVE_BENEATH | aiobind.RESOLVE_NO_MAGICLINKS
 _RESOLVE_NO_LINKS = _RESOLVE | aiobind.RESOLVE_NO_SYMLINKS
 SYMLINK_POLICIES = ("root", "prefix", "none")
@@ -376,17 +377,32 @@ class FileCache:
             os.close(fd)
             raise
 
-    def _confined_open(self, path: bytes) -> int:
+    def open_dir(self, segments: list[bytes]) -> int:
+        """A descriptor of the folder these URL segments name (the last one empty), under
+        the same confinement as a file; for listings. Raises HttpError."""
+        if self._base_fd < 0:
+            raise http.HttpError(404, "prefix directory missing")
+        for seg in segments:
+            if seg[:1] == b"." or b"/" in seg:
+                raise http.HttpError(404, "hidden path segment or encoded slash")
+        return self._confined_open(self._lead + b"/".join(segments) or b".", _DIR_READ)
+
+    def open_beneath(self, segments: list[bytes]) -> int:
+        """A descriptor of the entry these segments name, confined like a file (a
+        symlink is followed only under the policy). Raises HttpError."""
+        return self._confined_open(self._lead + b"/".join(segments))
+
+    def _confined_open(self, path: bytes, flags: int = _OPEN_FLAGS) -> int:
         """Open ``path`` beneath the boundary under the symlink policy, or raise HttpError."""
         try:
             try:
-                return aiobind.openat2(self._base_fd, path, _OPEN_FLAGS, _RESOLVE_NO_LINKS)
+                return aiobind.openat2(self._base_fd, path, flags, _RESOLVE_NO_LINKS)
             except OSError as exc:
                 if exc.errno != errno.ELOOP or self.symlinks == "none":
                     raise
             # A symlink on the way: the kernel still keeps the open beneath the boundary,
             # and where it led is checked before the file is used.
-            fd = aiobind.openat2(self._base_fd, path, _OPEN_FLAGS, _RESOLVE)
+            fd = aiobind.openat2(self._base_fd, path, flags, _RESOLVE)
         except OSError as exc:
             if exc.errno == errno.EACCES:
                 raise http.HttpError(403, "permission denied") from None

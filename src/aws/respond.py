@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import quote_from_bytes
 
-from aws import heads, multipart
+from aws import heads, listing, multipart
 from aws.conditions import evaluate
 from aws.files import FileCache, Redirect, Resource
 from aws.http import ALLOW, HttpError, Request
@@ -82,6 +82,10 @@ def answer(
         try:
             res = cache.acquire(segments[1:], now, req.key)
         except HttpError as exc:
+            if cache.policy.listing and exc.status == 404 and segments[-1] == b"":
+                listed = _listing(req, cache, date, keep)
+                if listed is not None:
+                    return listed
             res = _fallback(exc, segments, cache, now, caches)
         if res.variants is not None:  # x.br, x.zst or x.gz stand beside it
             res = _pick_variant(req, res, res.variants)
@@ -132,6 +136,19 @@ def _with_page(exc: HttpError, caches: Mapping[bytes | None, FileCache]) -> Http
         page = cache.policy.page(exc.status)
         return exc if page is None else PagedError(exc, page)
     return exc
+
+
+def _listing(req: Request, cache: FileCache, date: bytes, keep: bool) -> Reply | None:
+    """A folder with no index.html, listed; None when there is no such folder."""
+    assert req.segments is not None
+    try:
+        entries, truncated = listing.read(cache, req.segments[1:])
+    except HttpError:
+        return None
+    accept = req.headers.get(b"accept")
+    head_only = req.method == "HEAD"
+    data = listing.response(req.path, entries, truncated, accept, date, keep, head_only)
+    return Reply(200, data)
 
 
 def _fallback(

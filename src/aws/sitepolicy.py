@@ -68,6 +68,7 @@ def for_prefix(config: Config, prefix: str, pages: Mapping[int, bytes] | None = 
         headers=config.header,
         spa=prefix in config.spa,
         spa_any_path=config.spa_any_path,
+        listing=prefix in config.listing,
         max_ranges=config.max_ranges,
         pages=pages or {},
     )
