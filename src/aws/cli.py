@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from aws import config, errorpages
+from aws import config, configfile, errorpages
 from aws.config import Config
 from aws.workers import SingleProcess, StartupError, Supervisor
 
@@ -51,14 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _Append(argparse.Action):
-    """Collect a repeated flag into a tuple (a Config field is immutable)."""
+    """Collect a repeated flag into a tuple (a Config field is immutable). The first use
+    replaces the default, so flags override the config file's list instead of adding."""
 
     def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
-        setattr(namespace, self.dest, (*getattr(namespace, self.dest), values))
+        fresh = "_given_" + self.dest
+        current = getattr(namespace, self.dest) if getattr(namespace, fresh, False) else ()
+        setattr(namespace, fresh, True)
+        setattr(namespace, self.dest, (*current, values))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            parser.set_defaults(**configfile.load(args.config))
+        except configfile.ConfigFileError as exc:
+            print(f"aws: {exc}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)  # the flags given override the file
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s aws[%(process)d] %(levelname)s %(name)s: %(message)s",

@@ -238,6 +238,12 @@ class Config:
         help="ranges one request may ask for; more get the whole file (nginx's max_ranges; "
         "1: single ranges only). Several ranges are merged and sent as multipart/byteranges",
     )
+    config: str | None = option(
+        None,
+        metavar="PATH",
+        help="read options from this TOML file: keys are the option names with _ "
+        "(header_timeout), rules are tables (see the README); flags given override it",
+    )
     open_file_cache: int = 1024  # open files kept per prefix per worker
     open_file_valid: float = 0.5  # seconds between re-checks: a replaced file shows within it
     backlog: int = 1024
