@@ -163,3 +163,32 @@ def test_the_etag_is_size_and_mtime_so_replicas_agree(tmp_path: Path) -> None:
     assert res.etag != etags[0]
     res.release()
     cache.close()
+
+
+def test_variants_are_cached_and_re_checked_with_their_file(tmp_path: Path) -> None:
+    """x.gz beside x is opened with x; rewritten in place, made or removed, it is seen
+    at the next re-check (the folder's mtime shows a new or removed sibling, the
+    sibling's own stat a rewrite)."""
+    folder = tmp_path / "static"
+    folder.mkdir()
+    (folder / "x.txt").write_bytes(b"plain")
+    os.utime(folder / "x.txt", ns=(1_000_000_000_000, 1_000_000_000_000))
+    (folder / "x.txt.gz").write_bytes(b"gz")
+    cache = FileCache(str(tmp_path), "static", direct=False, valid=1.0)
+
+    def variants(now: float) -> dict[bytes, int]:
+        res = cache.acquire([b"x.txt"], now=now)
+        try:
+            return {coding: v.size for coding, v in res.variants or ()}
+        finally:
+            res.release()
+
+    assert variants(0.0) == {b"gzip": 2}
+    (folder / "x.txt.gz").write_bytes(b"gzip!")  # in place: same inode, same folder
+    assert variants(0.5) == {b"gzip": 2}  # within the interval: the cached one
+    assert variants(2.0) == {b"gzip": 5}
+    (folder / "x.txt.br").write_bytes(b"br")
+    assert variants(4.0) == {b"br": 2, b"gzip": 5}
+    (folder / "x.txt.gz").unlink()
+    assert variants(6.0) == {b"br": 2}
+    cache.close()
