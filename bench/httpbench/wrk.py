@@ -70,6 +70,8 @@ def wrk_argv(wl: Workload, port: int, duration: int) -> list[str]:
     argv = ["taskset", "-c", CLIENT_CPU, "wrk", *opts, "-s", str(LUA_SCRIPT)]
     if wl.close:
         argv += ["-H", "Connection: close"]
+    for header in wl.headers:
+        argv += ["-H", header]
     return [*argv, f"http://127.0.0.1:{port}{wl.path}"]
 
 
