@@ -342,8 +342,8 @@ class Connection:
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
-        if reply.way is not respond.AIO:
-            self._start_parts(reply)  # type: ignore[arg-type]
+        if reply.way is respond.PARTS_SENDFILE or reply.way is respond.PARTS_AIO:
+            self._start_parts(reply)
             return
         self._to(AIO_WAIT)
         self.body = DynamicBody(
@@ -354,10 +354,10 @@ class Connection:
             # turn and an eventfd read later.
             server.aio.reap_now()
 
-    def _start_parts(self, reply: respond.PartsReply) -> None:
+    def _start_parts(self, reply: respond.Reply) -> None:
         """multipart/byteranges: delimiters and ranges, by sendfile or by AIO."""
         res = reply.res
-        assert res is not None
+        assert res is not None and isinstance(reply, respond.PartsReply)
         server = self.server
         if reply.way is respond.PARTS_SENDFILE:
             self.parts = Cursor(reply.segments)
