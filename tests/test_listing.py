@@ -4,6 +4,7 @@ JSON, escaped, sorted, no hidden names, nothing outside the root, bounded."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -133,3 +134,54 @@ def test_wget_mirrors_a_folder_through_its_listings(site: ServerProcess, tmp_pat
     assert (got / ODD).read_bytes() == b"odd"
     assert (got / "deeper" / "c.txt").read_bytes() == b"ccc"
     assert not (got / ".hidden").exists()
+
+
+HUGE = 100_000
+
+
+def _make_huge(base: Path) -> None:
+    folder = base / "static" / "huge"
+    folder.mkdir(parents=True)
+    (base / "dynamic").mkdir()
+    for i in range(HUGE):
+        name = f".h{i:06d}" if i < HUGE // 2 else f"f{i:06d}"  # half of them hidden
+        os.close(os.open(folder / name, os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+@pytest.fixture(scope="module", params=MODES)
+def huge(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    with site_server(request, tmp_path_factory, _make_huge, ["--listing", "static"]) as srv:
+        yield srv
+        root = srv.root.path
+    shutil.rmtree(root / "static" / "huge")  # 100,000 inodes: not left for pytest to keep
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_folder_of_100000_entries_is_listed_quickly_in_bounded_memory(
+    huge: ServerProcess,
+) -> None:
+    """The scan stops early (whatever the order: hidden entries count towards the scan
+    limit), so each listing costs milliseconds and the worker's memory stays flat."""
+    url = huge.url + "/static/huge/"
+    with requests.Session() as http:
+        http.get(url, timeout=10)
+        before = rss_kib(huge.worker_pids()[0])
+        slowest = 0.0
+        for _ in range(10):
+            started = time.monotonic()
+            doc = http.get(url, headers={"Accept": "application/json"}, timeout=10).json()
+            slowest = max(slowest, time.monotonic() - started)
+            assert doc["truncated"] is True
+            assert len(doc["entries"]) <= 1000
+            assert all(not e["name"].startswith(".") for e in doc["entries"])
+        after = rss_kib(huge.worker_pids()[0])
+    assert slowest < 0.5, slowest
+    assert after - before < 8 * 1024, (before, after)

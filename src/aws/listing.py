@@ -6,10 +6,10 @@ out, and a symlink is listed only if it could be served: it is opened under the 
 confinement as a file (policy, hidden targets), so nothing outside the boundary shows,
 not even its size. Names are escaped (HTML) and percent-encoded (links).
 
-Bounded: at most :data:`LIMIT` entries are read (in the directory's own order, then
-sorted by name); a larger folder says so (``truncated``) instead of costing the loop a
-stat per entry of 100,000 entries and a body of megabytes. The listing is built per
-request (a few ms at the limit), not cached.
+Bounded: at most :data:`LIMIT` entries are listed and :data:`SCAN_LIMIT` looked at (in
+the directory's own order, then sorted by name); a larger folder says so (``truncated``)
+instead of costing the loop a stat per entry of 100,000 entries and a body of megabytes.
+The listing is built per request (a few ms at the limit), not cached.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from aws.files import FileCache
 from aws.http import HttpError
 
 LIMIT = 1000
+SCAN_LIMIT = (
+    10 * LIMIT
+)  # entries looked at, hidden ones included: a folder of dotfiles is bounded too
 
 
 class Entry(NamedTuple):
@@ -44,13 +47,13 @@ def read(cache: FileCache, segments: list[bytes]) -> tuple[list[Entry], bool]:
     truncated = False
     try:
         with os.scandir(fd) as it:
-            for item in it:
+            for scanned, item in enumerate(it):
                 name = os.fsencode(item.name)
-                if name[:1] == b".":
-                    continue
-                if len(entries) >= LIMIT:
+                if scanned >= SCAN_LIMIT or (len(entries) >= LIMIT and name[:1] != b"."):
                     truncated = True
                     break
+                if name[:1] == b".":
+                    continue
                 entry = _entry(cache, segments, item, name)
                 if entry is not None:
                     entries.append(entry)
