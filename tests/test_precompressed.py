@@ -147,6 +147,12 @@ def test_ranges_and_conditionals_apply_to_the_variant_bytes(
     # ...and not for the file itself, whose bytes differ.
     other = get(site, path, **{"Accept-Encoding": None, "Range": "bytes=0-9", "If-Range": etag})
     assert other.status_code == 200 and other.raw_bytes == BIG  # type: ignore[attr-defined]
+    # Refusals of a file with variants say Vary too (the answer depended on the header).
+    bad = get(site, path, **{"Accept-Encoding": "gzip", "Range": f"bytes={len(BIG)}-"})
+    assert bad.status_code == 416 and bad.headers["Vary"] == "Accept-Encoding"
+    assert bad.headers["Content-Range"] == f"bytes */{len(BIG)}"
+    failed = get(site, path, **{"Accept-Encoding": None, "If-Match": '"nope"'})
+    assert failed.status_code == 412 and failed.headers["Vary"] == "Accept-Encoding"
     # Several ranges of a coded variant: the whole variant, not parts of a coded stream.
     parts = get(site, path, **{"Accept-Encoding": "gzip", "Range": "bytes=0-9,100-109"})
     assert parts.status_code == 200 and parts.raw_bytes == BIG[::-1]  # type: ignore[attr-defined]

@@ -116,6 +116,8 @@ def answer(
         head = heads.build_head(304, date, keep, res.validator_fields())
     else:
         extra = ((b"Content-Range", b"bytes */%d" % res.size),) if status == 416 else ()
+        if res.variants is not None or res.encoding:  # the answer still varied on it
+            extra = (*extra, (b"Vary", b"Accept-Encoding"))
         res.release()
         head_only = req.method == "HEAD"
         return Reply(status, heads.error_response(status, date, keep, head_only, extra))
