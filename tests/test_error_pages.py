@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO, RawClient, ServerProcess
+from tests.conftest import REPO, RawClient, ServerProcess, http_get
 from tests.sites import MODES, site_server
 
 NOT_FOUND = b"<html><body>custom: nothing here</body></html>\n"
@@ -62,6 +62,25 @@ def test_a_404_gets_the_custom_page_with_its_status(site: ServerProcess, path: s
     head = requests.head(site.url + path, timeout=10)
     assert head.status_code == 404 and head.content == b""
     assert head.headers["Content-Length"] == str(len(NOT_FOUND))
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"BREW /static/x HTTP/1.1\r\nHost: t\r\n\r\n", 501),
+        (b"GET /static/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"GET /static/x HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    ],
+)
+def test_a_5xx_found_while_parsing_gets_the_5xx_page(
+    site: ServerProcess, raw: bytes, status: int
+) -> None:
+    data = http_get(site.addr, raw)
+    assert data.startswith(b"HTTP/1.1 %d " % status)
+    assert data.endswith(SERVER_ERROR)
+    # A 4xx other than 404 keeps the built-in page.
+    bad = http_get(site.addr, b"GET /static/x HTTP/1.1\r\n\r\n")  # no Host
+    assert bad.startswith(b"HTTP/1.1 400 ") and b"400 Bad Request" in bad
 
 
 @pytest.mark.parametrize("path", ["/static/route", "/static/users/42/settings", "/static/x/"])

@@ -318,7 +318,8 @@ class Connection:
         else:
             self.keep_alive = req.keep_alive and not self.server.draining and not self.eof
         self.req = req
-        self._start(respond.error(exc, req, self.server.date.value, self.keep_alive))
+        server = self.server
+        self._start(respond.error(exc, req, server.date.value, self.keep_alive, server.caches))
 
     # -- sending -------------------------------------------------------------------------
 

@@ -210,9 +210,19 @@ def _with_body(
     return Reply(status, head, res, start, stop, cache.way)
 
 
-def error(exc: HttpError, req: Request | None, date: bytes, keep: bool) -> Reply:
-    """The reply for a request refused with ``exc`` (a HEAD gets the head alone)."""
+def error(
+    exc: HttpError,
+    req: Request | None,
+    date: bytes,
+    keep: bool,
+    caches: Mapping[bytes | None, FileCache] | None = None,
+) -> Reply:
+    """The reply for a request refused with ``exc`` (a HEAD gets the head alone).
+    ``caches``: where the custom pages are, for an error that does not carry its own
+    (one found while parsing: 501, 505)."""
     head_only = (req.method if req is not None else exc.method) == "HEAD"
+    if caches is not None and not isinstance(exc, PagedError):
+        exc = _with_page(exc, caches)
     page = exc.page if isinstance(exc, PagedError) else None
     return Reply(
         exc.status, heads.error_response(exc.status, date, keep, head_only, exc.headers, page)
