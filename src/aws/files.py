@@ -278,6 +278,7 @@ class FileCache:
             res = Resource(fd, st, name, direct, now, extra, vary=bool(variants))
             res.siblings = siblings
             res.variants = variants or None
+            res.codings = tuple(coding for coding, _ in variants)
             return res
         except BaseException:
             os.close(fd)

@@ -24,6 +24,7 @@ class Resource:
         "_fields",
         "_heads",
         "checked",
+        "codings",
         "content_type",
         "direct",
         "encoding",
@@ -73,8 +74,10 @@ class Resource:
         self.checked = now
         self.refs = 0
         self.stale = False
-        # (Content-Encoding, Resource) in the server's order, or None: no variant.
+        # (Content-Encoding, Resource) in the server's order, or None: no variant;
+        # ``codings`` are their names (set with them by the cache).
         self.variants: tuple[tuple[bytes, Resource], ...] | None = None
+        self.codings: tuple[bytes, ...] = ()
         # What the siblings looked like when they were opened (None: not looked for).
         self.siblings: tuple[object, ...] | None = None
         self._date = b""

@@ -177,7 +177,7 @@ def _pick_variant(
     req: Request, res: Resource, variants: tuple[tuple[bytes, Resource], ...]
 ) -> Resource:
     """The variant Accept-Encoding prefers, or ``res``; the reference moves with it."""
-    coding = choose(req.headers.get(b"accept-encoding"), tuple(c for c, _ in variants))
+    coding = choose(req.headers.get(b"accept-encoding"), res.codings)
     if coding is None:
         return res
     for name, variant in variants:
