@@ -168,7 +168,7 @@ R_OK, R_416, R_MANY = b"Range: bytes=10-19", b"Range: bytes=20000-", b"Range: by
         # step 4
         ((IUS_OK, IMS_HIT, R_OK), 304),
         ((IMS_MISS, R_416), 416),
-        ((IMS_MISS, R_MANY), 200),
+        ((IMS_MISS, R_MANY), 206),  # several ranges: multipart
         # step 5: If-Range only guards Range, it is no precondition of its own
         ((b"If-Range: " + OTHER,), 200),
         ((IM_FAIL, b"If-Range: " + ETAG, R_OK), 412),
@@ -327,18 +327,32 @@ def test_suffix_ranges(size: int, spec: bytes, expected: tuple[int, int, int]) -
 
 
 @pytest.mark.parametrize(
-    "spec",
+    ("spec", "expected"),
     [
-        b"bytes=0-5,3-8",  # overlapping
-        b"bytes=0-0,0-0",  # the same range twice
-        b"bytes=0-0,-1",  # first and last byte
-        b"bytes=9990-,-5",
-        b"bytes=0-1,20000-",  # one unsatisfiable among them
-        b"bytes=20000-,0-1",
+        (b"bytes=0-5,3-8", (206, 0, 9, None)),  # overlapping: merged into one range
+        (b"bytes=0-0,0-0", (206, 0, 1, None)),  # the same range twice
+        (b"bytes=0-4,5-9", (206, 0, 10, None)),  # touching: merged
+        (b"bytes=0-0,-1", (206, 0, SIZE, [(0, 1), (SIZE - 1, SIZE)])),  # first and last
+        (b"bytes=9990-,-5", (206, 9990, SIZE, None)),  # the suffix lies inside the first
+        (b"bytes=0-1,20000-", (206, 0, 2, None)),  # an unsatisfiable one is dropped
+        (b"bytes=20000-,0-1", (206, 0, 2, None)),
+        (b"bytes=50-59,0-9,20-29", (206, 0, 60, [(0, 10), (20, 30), (50, 60)])),  # sorted
+        (b"bytes=0-9,5-14,30-39", (206, 0, 40, [(0, 15), (30, 40)])),
     ],
 )
-def test_several_ranges_get_the_whole_file(spec: bytes) -> None:
-    assert span(decide(b"Range: " + spec)) == (200, 0, SIZE)
+def test_several_ranges_are_sorted_merged_and_sent_as_parts(
+    spec: bytes, expected: tuple[int, int, int, list[tuple[int, int]] | None]
+) -> None:
+    d = decide(b"Range: " + spec)
+    assert (d.status, d.start, d.end, d.parts) == expected
+
+
+def test_more_ranges_than_allowed_get_the_whole_file() -> None:
+    head = b"GET /static/f HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0,2-2,4-4\r\n\r\n"
+    assert span(evaluate(parse_head(head), File(), max_ranges=2)) == (200, 0, SIZE)
+    assert evaluate(parse_head(head), File(), max_ranges=3).parts == [(0, 1), (2, 3), (4, 5)]
+    one = b"GET /static/f HTTP/1.1\r\nHost: x\r\nRange: bytes=0-0\r\n\r\n"
+    assert span(evaluate(parse_head(one), File(), max_ranges=1)) == (206, 0, 1)
 
 
 def test_an_invalid_spec_voids_the_header_even_after_unsatisfiable_ones() -> None:

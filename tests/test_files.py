@@ -135,3 +135,60 @@ def test_a_link_swapped_out_is_seen_at_revalidation(tree: Path, tmp_path: Path) 
 def test_unknown_policy_is_refused(tree: Path) -> None:
     with pytest.raises(ValueError):
         FileCache(str(tree), "static", direct=False, symlinks="sometimes")
+
+
+def test_the_etag_is_size_and_mtime_so_replicas_agree(tmp_path: Path) -> None:
+    """Two copies of a file (another inode, as on another machine) with the same size
+    and mtime get the same ETag; a same-size rewrite with a new mtime gets another."""
+    etags = []
+    for name in ("one", "two"):
+        (tmp_path / name / "static").mkdir(parents=True)
+        path = tmp_path / name / "static" / "a.txt"
+        path.write_bytes(b"same bytes")
+        os.utime(path, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+        cache = FileCache(str(tmp_path / name), "static", direct=False)
+        res = cache.acquire([b"a.txt"], now=0.0)
+        etags.append(res.etag)
+        res.release()
+        cache.close()
+    assert (
+        os.stat(tmp_path / "one/static/a.txt").st_ino
+        != os.stat(tmp_path / "two/static/a.txt").st_ino
+    )
+    assert etags[0] == etags[1] == b'"%x-%x"' % (1_700_000_000_123_456_789, 10)
+    path = tmp_path / "one" / "static" / "a.txt"
+    os.utime(path, ns=(1_700_000_000_123_456_790, 1_700_000_000_123_456_790))
+    cache = FileCache(str(tmp_path / "one"), "static", direct=False)
+    res = cache.acquire([b"a.txt"], now=0.0)
+    assert res.etag != etags[0]
+    res.release()
+    cache.close()
+
+
+def test_variants_are_cached_and_re_checked_with_their_file(tmp_path: Path) -> None:
+    """x.gz beside x is opened with x; rewritten in place, made or removed, it is seen
+    at the next re-check (the folder's mtime shows a new or removed sibling, the
+    sibling's own stat a rewrite)."""
+    folder = tmp_path / "static"
+    folder.mkdir()
+    (folder / "x.txt").write_bytes(b"plain")
+    os.utime(folder / "x.txt", ns=(1_000_000_000_000, 1_000_000_000_000))
+    (folder / "x.txt.gz").write_bytes(b"gz")
+    cache = FileCache(str(tmp_path), "static", direct=False, valid=1.0)
+
+    def variants(now: float) -> dict[bytes, int]:
+        res = cache.acquire([b"x.txt"], now=now)
+        try:
+            return {coding: v.size for coding, v in res.variants or ()}
+        finally:
+            res.release()
+
+    assert variants(0.0) == {b"gzip": 2}
+    (folder / "x.txt.gz").write_bytes(b"gzip!")  # in place: same inode, same folder
+    assert variants(0.5) == {b"gzip": 2}  # within the interval: the cached one
+    assert variants(2.0) == {b"gzip": 5}
+    (folder / "x.txt.br").write_bytes(b"br")
+    assert variants(4.0) == {b"br": 2, b"gzip": 5}
+    (folder / "x.txt.gz").unlink()
+    assert variants(6.0) == {b"br": 2}
+    cache.close()

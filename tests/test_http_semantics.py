@@ -215,7 +215,7 @@ def test_416(server: ServerProcess, prefix: str) -> None:
 def test_ranges_answered_with_the_whole_file(server: ServerProcess, prefix: str) -> None:
     path = f"/{prefix}/f4097.bin"
     with RawClient(server.addr) as c:
-        for spec in ("bytes=0-1,10-20", "bytes=5-4", "items=0-1", "bytes=x-y", "bytes=-"):
+        for spec in ("bytes=5-4", "items=0-1", "bytes=x-y", "bytes=-", "bytes=0-1,5-4"):
             status, headers, body = ask(c, "GET", path, f"Range: {spec}")
             assert status == 200, spec
             assert "content-range" not in headers

@@ -138,7 +138,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {ctx.root};
-        location /static/ {{ sendfile on; tcp_nopush on; }}
+        location /static/ {{ sendfile on; tcp_nopush on; gzip_static on; }}
         location /dynamic/ {{
             sendfile off; aio {ctx.nginx_aio}; directio 4k; output_buffers 2 1m;
         }}

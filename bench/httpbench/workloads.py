@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class Workload:
     aws_nginx_only: bool
     tls: bool = False  # over HTTPS, to the server's TLS listener (same certificate for all)
     idle: int = 0
+    headers: tuple[str, ...] = ()  # sent with every request ("Name: value")
 
     @property
     def unit(self) -> str:
@@ -140,7 +142,33 @@ WORKLOADS: tuple[Workload, ...] = (
         bar=0.95,
         aws_nginx_only=True,
     ),
+    # The site features on the hot path: a precompressed variant picked by Accept-Encoding
+    # (nginx: gzip_static on), and two ranges answered as multipart/byteranges.
+    Workload(
+        key="gz-1k",
+        title="1 KiB static .gz variant (Accept-Encoding: gzip), keep-alive, c50",
+        path="/static/page.html",
+        conns=50,
+        close=False,
+        bytes_metric=False,
+        bar=0.9,
+        aws_nginx_only=True,
+        headers=("Accept-Encoding: gzip",),
+    ),
+    Workload(
+        key="ranges-2",
+        title="two 1 KiB ranges of 64 MiB static (multipart), keep-alive, c50",
+        path="/static/64m.bin",
+        conns=50,
+        close=False,
+        bytes_metric=False,
+        bar=0.8,
+        aws_nginx_only=True,
+        headers=("Range: bytes=0-1023,1048576-1049599",),
+    ),
 )
+
+PAGE = b"<!DOCTYPE html><html><body>" + b"<p>a line of a page</p>\n" * 40 + b"</body></html>\n"
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -162,6 +190,12 @@ def make_root(tmp: Path) -> tuple[Path, dict[str, str]]:
         for name, data in blobs.items():
             write_file(root / tree / name, data)
             digests[f"/{tree}/{name}"] = hashlib.sha256(data).hexdigest()
+    # gz-1k: the page and its variant (mtime: the variant is written last, so not older).
+    gz = gzip.compress(PAGE, mtime=0)
+    write_file(root / "static" / "page.html", PAGE)
+    write_file(root / "static" / "page.html.gz", gz)
+    digests["/static/page.html"] = hashlib.sha256(PAGE).hexdigest()
+    digests["/static/page.html.gz"] = hashlib.sha256(gz).hexdigest()
     for path in (tmp, root, root / "static", root / "dynamic"):
         path.chmod(0o755)  # nginx workers drop to `nobody` and must read the tree
     return root, digests

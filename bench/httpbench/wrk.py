@@ -87,6 +87,8 @@ def wrk_argv(wl: Workload, port: int, duration: int) -> list[str]:
     argv = ["taskset", "-c", CLIENT_CPU, "wrk", *opts, "-s", str(LUA_SCRIPT)]
     if wl.close:
         argv += ["-H", "Connection: close"]
+    for header in wl.headers:
+        argv += ["-H", header]
     scheme = "https" if wl.tls else "http"
     return [*argv, f"{scheme}://127.0.0.1:{port}{wl.path}"]
 

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from aws import config
+from aws import config, configfile, errorpages
 from aws.config import Config
 from aws.workers import SingleProcess, StartupError, Supervisor
 
@@ -26,21 +26,51 @@ def build_parser() -> argparse.ArgumentParser:
     for f in config.flags():
         meta = f.metadata
         default = config.default_of(f)
-        shown = "" if default is None else " (default: %(default)s)"
+        flag = "--" + f.name.replace("_", "-")
+        if meta["parse"] is bool:
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=default,
+                help=meta["help"] + " (default: %(default)s)",
+            )
+            continue
+        shown = "" if default in (None, ()) else " (default: %(default)s)"
         p.add_argument(
-            "--" + f.name.replace("_", "-"),
+            flag,
             dest=f.name,
             type=meta["parse"],
             default=default,
             choices=meta["choices"],
             metavar=meta["metavar"] or _METAVARS.get(meta["parse"]),
             help=meta["help"] + shown,
+            **({"action": _Append} if meta["repeat"] else {}),
         )
     return p
 
 
+class _Append(argparse.Action):
+    """Collect a repeated flag into a tuple (a Config field is immutable). The first use
+    replaces the default, so flags override the config file's list instead of adding."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        fresh = "_given_" + self.dest
+        current = getattr(namespace, self.dest) if getattr(namespace, fresh, False) else ()
+        setattr(namespace, fresh, True)
+        setattr(namespace, self.dest, (*current, values))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            parser.set_defaults(**configfile.load(args.config))
+        except configfile.ConfigFileError as exc:
+            print(f"aws: {exc}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)  # the flags given override the file
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s aws[%(process)d] %(levelname)s %(name)s: %(message)s",
@@ -52,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     values = {f.name: getattr(args, f.name) for f in config.flags()}
     settings = Config(**{**values, "root": root})
+    if settings.error_pages:
+        try:
+            errorpages.load(root, settings.error_pages)
+        except errorpages.PageError as exc:
+            print(f"aws: --error-pages: {exc}", file=sys.stderr)
+            return 2
     server: SingleProcess | Supervisor
     if settings.workers == 1:
         server = SingleProcess(settings)

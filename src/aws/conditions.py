@@ -74,17 +74,22 @@ class Validators(Protocol):
 
 
 class Decision:
-    """What to answer: ``status`` and the half-open byte range ``[start, end)``."""
+    """What to answer: ``status`` and the half-open byte range ``[start, end)``; for
+    several ranges, ``parts`` holds them (sorted, merged) and ``[start, end)`` spans them."""
 
-    __slots__ = ("end", "start", "status")
+    __slots__ = ("end", "parts", "start", "status")
 
-    def __init__(self, status: int, start: int, end: int) -> None:
+    def __init__(
+        self, status: int, start: int, end: int, parts: list[tuple[int, int]] | None = None
+    ) -> None:
         self.status = status
         self.start = start
         self.end = end
+        self.parts = parts
 
     def __repr__(self) -> str:
-        return f"Decision({self.status}, {self.start}, {self.end})"
+        extra = f", {self.parts}" if self.parts is not None else ""
+        return f"Decision({self.status}, {self.start}, {self.end}{extra})"
 
 
 def http_date(value: bytes) -> int | None:
@@ -137,7 +142,9 @@ def _weak_match(value: bytes, etag: bytes) -> bool:
     return any(tag == etag for _, tag in _etag_list(value))
 
 
-def evaluate(req: Request, res: Validators) -> Decision:
+def evaluate(req: Request, res: Validators, max_ranges: int = 100) -> Decision:
+    """``max_ranges``: a Range header with more ranges gets the whole file (nginx's
+    ``max_ranges``); 1 allows single ranges only."""
     headers = req.headers
     size = res.size
     if_match = headers.get(b"if-match")
@@ -167,7 +174,7 @@ def evaluate(req: Request, res: Validators) -> Decision:
     if_range = headers.get(b"if-range")
     if if_range is not None and not _if_range_holds(if_range, res):
         return Decision(200, 0, size)
-    return _byte_range(rng, size) or Decision(200, 0, size)
+    return _byte_range(rng, size, max_ranges) or Decision(200, 0, size)
 
 
 def _if_range_holds(value: bytes, res: Validators) -> bool:
@@ -183,14 +190,15 @@ def _position(digits: bytes) -> int:
     return int(digits) if len(digits) <= _MAX_DIGITS else _HUGE
 
 
-def _byte_range(value: bytes, size: int) -> Decision | None:
-    """206 for one satisfiable range, 416 when no range is satisfiable, None to ignore
-    the header and send the whole file.
+def _byte_range(value: bytes, size: int, max_ranges: int = 100) -> Decision | None:
+    """206 for satisfiable ranges, 416 when no range is satisfiable, None to ignore the
+    header and send the whole file.
 
     Ignored: another unit, an invalid ranges-specifier (RFC 9110 14.2 lets a server
-    ignore it, and an invalid range-spec such as ``5-4`` makes it invalid), and several
-    ranges of which one is satisfiable (RFC 9110 14.2 allows the whole file instead of
-    a multipart answer).
+    ignore it, and an invalid range-spec such as ``5-4`` makes it invalid), and more
+    than ``max_ranges`` ranges (a cheap request must not buy an expensive answer).
+    Several ranges are sorted, and overlapping or touching ones merged (RFC 9110 14.2
+    allows coalescing): what is left as one range is a plain 206, else ``parts``.
     """
     unit, eq, ranges = value.partition(b"=")
     if not eq or unit.strip(b" \t").lower() != b"bytes":
@@ -205,6 +213,8 @@ def _byte_range(value: bytes, size: int) -> Decision | None:
         if m is None:
             return None
         count += 1
+        if count > max_ranges:
+            return None
         first, last = m.groups()
         if first:
             start = _position(first)
@@ -223,11 +233,21 @@ def _byte_range(value: bytes, size: int) -> Decision | None:
                 satisfiable.append((max(0, size - suffix), size))
         else:
             return None  # "-": neither position
-    if not count:
+    if not count or count > max_ranges:
         return None
     if not satisfiable:
         return Decision(416, 0, 0)
-    if count > 1:
-        return None
-    start, end = satisfiable[0]
-    return Decision(206, start, end)
+    if count == 1:
+        start, end = satisfiable[0]
+        return Decision(206, start, end)
+    satisfiable.sort()
+    merged = [satisfiable[0]]
+    for start, end in satisfiable[1:]:
+        last_start, last_end = merged[-1]
+        if start <= last_end:
+            merged[-1] = (last_start, max(last_end, end))
+        else:
+            merged.append((start, end))
+    if len(merged) == 1:
+        return Decision(206, *merged[0])
+    return Decision(206, merged[0][0], merged[-1][1], merged)

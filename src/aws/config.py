@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
@@ -29,6 +30,61 @@ def seconds(text: str) -> float:
     return value
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _field_value(text: str) -> str:
+    text = text.strip(" \t")
+    if not _FIELD_VALUE.fullmatch(text):
+        raise argparse.ArgumentTypeError("a header value may not hold control characters")
+    return text
+
+
+def cache_rule(text: str) -> tuple[str, str]:
+    """``PATTERN=VALUE``: files whose URL path matches get ``Cache-Control: VALUE``."""
+    pattern, eq, value = text.partition("=")
+    if not eq or not pattern or not value.strip():
+        raise argparse.ArgumentTypeError("expected PATTERN=VALUE, e.g. '*.html=no-cache'")
+    return pattern, _field_value(value)
+
+
+def header_rule(text: str) -> tuple[str, str, str]:
+    """``PATTERN=Name: value``: files whose URL path matches get that header."""
+    pattern, eq, rest = text.partition("=")
+    name, colon, value = rest.partition(":")
+    name = name.strip()
+    if not eq or not pattern or not colon:
+        raise argparse.ArgumentTypeError(
+            "expected PATTERN=NAME: VALUE, e.g. '/static/*=Access-Control-Allow-Origin: *'"
+        )
+    if not _TOKEN.fullmatch(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a header name")
+    if name.lower() in _OWN_FIELDS:
+        raise argparse.ArgumentTypeError(f"{name} is the server's to set")
+    return pattern, name, _field_value(value)
+
+
+# Fields the server writes itself: a rule adding one would send it twice.
+_OWN_FIELDS = frozenset(
+    [
+        "content-length",
+        "content-type",
+        "content-range",
+        "content-encoding",
+        "transfer-encoding",
+        "etag",
+        "last-modified",
+        "date",
+        "server",
+        "connection",
+        "vary",
+        "accept-ranges",
+        "location",
+    ]
+)
+
+
 def option(
     default: Any = MISSING,
     *,
@@ -37,9 +93,17 @@ def option(
     choices: Sequence[str] | None = None,
     metavar: str | None = None,
     default_factory: Callable[[], Any] | None = None,
+    repeat: bool = False,
 ) -> Any:
-    """A field that is also a command-line flag."""
-    meta = {"help": help, "parse": parse, "choices": choices, "metavar": metavar}
+    """A field that is also a command-line flag. ``parse=bool`` makes a ``--x/--no-x``
+    pair; ``repeat`` a flag given once per value (the field is a tuple of them)."""
+    meta = {
+        "help": help,
+        "parse": parse,
+        "choices": choices,
+        "metavar": metavar,
+        "repeat": repeat,
+    }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -137,6 +201,66 @@ class Config:
     )
     tls_chunk: int = 256 * 1024  # bytes read and handed to SSL_write at a time (no kTLS)
     tls_buffers: int = 16  # idle TLS read buffers a worker keeps for reuse
+    precompressed: bool = option(
+        True,
+        parse=bool,
+        help="serve x.br, x.zst or x.gz for x when Accept-Encoding allows (nginx's "
+        "gzip_static); a sibling older than x is ignored",
+    )
+    cache_control: tuple[tuple[str, str], ...] = option(
+        (),
+        parse=cache_rule,
+        repeat=True,
+        metavar="PATTERN=VALUE",
+        help="Cache-Control for files whose URL path matches the glob PATTERN, e.g. "
+        "'/static/assets/*=public, max-age=31536000, immutable' (repeatable; the first "
+        "match wins)",
+    )
+    header: tuple[tuple[str, str, str], ...] = option(
+        (),
+        parse=header_rule,
+        repeat=True,
+        metavar="PATTERN=NAME: VALUE",
+        help="an extra response header for files whose URL path matches PATTERN, e.g. "
+        "'*=X-Content-Type-Options: nosniff' (repeatable; every match adds)",
+    )
+    error_pages: str | None = option(
+        None,
+        metavar="DIR",
+        help="answer 404 and 5xx with the pages 404.html, 5NN.html or 5xx.html (any 5xx) "
+        "from DIR under the root (the status is kept)",
+    )
+    spa: tuple[str, ...] = option(
+        (),
+        repeat=True,
+        choices=("static", "dynamic"),
+        metavar="PREFIX",
+        help="single-page app under PREFIX: an unknown path there serves its index.html "
+        "with 200, except paths with an extension (repeatable)",
+    )
+    spa_any_path: bool = option(
+        False, parse=bool, help="the --spa fallback also for paths with an extension"
+    )
+    listing: tuple[str, ...] = option(
+        (),
+        repeat=True,
+        choices=("static", "dynamic"),
+        metavar="PREFIX",
+        help="list folders without an index.html under PREFIX, as HTML or as JSON for "
+        "Accept: application/json (repeatable; off by default)",
+    )
+    max_ranges: int = option(
+        100,
+        parse=positive_int,
+        help="ranges one request may ask for; more get the whole file (nginx's max_ranges; "
+        "1: single ranges only). Several ranges are merged and sent as multipart/byteranges",
+    )
+    config: str | None = option(
+        None,
+        metavar="PATH",
+        help="read options from this TOML file: keys are the option names with _ "
+        "(header_timeout), rules are tables (see the README); flags given override it",
+    )
     open_file_cache: int = 1024  # open files kept per prefix per worker
     open_file_valid: float = 0.5  # seconds between re-checks: a replaced file shows within it
     backlog: int = 1024

@@ -22,6 +22,7 @@ from aws import respond, transfer
 from aws.aio import DynamicBody
 from aws.http import Framer, HttpError, Request
 from aws.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from aws.multipart import Cursor, MultipartBody
 from aws.states import (
     AIO_WAIT,
     CLOSED,
@@ -86,6 +87,7 @@ class Connection:
         "linger",
         "mask",
         "out",
+        "parts",
         "path",
         "peer",
         "pending",
@@ -119,8 +121,9 @@ class Connection:
         self.pending: Request | None = None  # waiting for its body to be discarded
         self.keep_alive = True
         self.out = b""  # head (or whole small response) bytes not yet sent
+        self.parts: Cursor | None = None  # a multipart /static/ body's place
         self.res: Resource | None = None
-        self.body: DynamicBody | None = None
+        self.body: DynamicBody | MultipartBody | None = None
         self.pos = 0
         self.stop = 0
         self.status = 0
@@ -341,7 +344,8 @@ class Connection:
         else:
             self.keep_alive = req.keep_alive and not self.server.draining and not self.eof
         self.req = req
-        self._start(respond.error(exc, req, self.server.date.value, self.keep_alive))
+        server = self.server
+        self._start(respond.error(exc, req, server.date.value, self.keep_alive, server.caches))
 
     # -- sending -------------------------------------------------------------------------
 
@@ -377,6 +381,9 @@ class Connection:
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
+        if reply.way is respond.PARTS_SENDFILE or reply.way is respond.PARTS_AIO:
+            self._start_parts(reply)
+            return
         fd = res.fd
         direct = res.direct
         if not direct and res.probe:
@@ -392,6 +399,25 @@ class Connection:
         if not direct:
             # A buffered read is done when io_submit returns: answer now, not a loop
             # turn and an eventfd read later.
+            server.aio.reap_now()
+
+    def _start_parts(self, reply: respond.Reply) -> None:
+        """multipart/byteranges: delimiters and ranges, by sendfile or by AIO."""
+        res = reply.res
+        assert res is not None and isinstance(reply, respond.PartsReply)
+        server = self.server
+        if reply.way is respond.PARTS_SENDFILE:
+            self.path = "sendfile"
+            self.parts = Cursor(reply.segments)
+            if reply.stop >= transfer.CORK_ABOVE:
+                self.corked = transfer.cork(self.sock, True)
+            self._to(SEND_HEAD)
+            self._send_head(EPOLLOUT)
+            return
+        self.path = "aio-direct" if res.direct else "aio-buffered"
+        self._to(AIO_WAIT)
+        self.body = MultipartBody(server.aio, self, res.fd, reply.segments, server.config.aio_depth)
+        if not res.direct:
             server.aio.reap_now()
 
     def _block(self) -> None:
@@ -414,6 +440,9 @@ class Connection:
             self._send_file(EPOLLOUT)
 
     def _send_file(self, events: int) -> None:
+        if self.parts is not None:
+            self._send_parts()
+            return
         res = self.res
         assert res is not None
         pos = self.pos
@@ -461,6 +490,23 @@ class Connection:
         self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
         self.body = DynamicBody(server.aio, self, dfd, self.pos, end, depth)
 
+    def _send_parts(self) -> None:
+        res = self.res
+        assert res is not None and self.parts is not None
+        try:
+            outcome, sent = transfer.send_parts(
+                self.sock, res.fd, self.parts, self.server.config.sendfile_chunk
+            )
+        except transfer.TransferFailed as exc:
+            self._failed_transfer(exc)
+            return
+        self.sent += sent
+        if outcome is transfer.DONE:
+            self.parts = None
+            self._finish()
+        else:
+            self._block()
+
     def on_body_ready(self) -> None:
         """The AIO read the response is waiting for has completed."""
         if self.state is AIO_WAIT:
@@ -485,7 +531,7 @@ class Connection:
     def _buffers_sent(self, outcome: str, body: DynamicBody) -> None:
         """What follows a send of AIO buffers, whichever socket took them."""
         if outcome is transfer.DONE:
-            if body.end < self.stop:  # a cold range of a sendfile response went out
+            if self.path == "mixed" and body.end < self.stop:  # a cold range went out
                 self.pos = body.end
                 body.close()
                 self.body = None

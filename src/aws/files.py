@@ -32,13 +32,19 @@ import stat
 from collections.abc import Callable
 
 import aiobind
-from aws import heads, http
+from aws import http
 from aws.mime import content_type
+from aws.negotiate import CODINGS
+from aws.resource import Resource
+from aws.sitepolicy import Fields, Policy
+
+__all__ = ["SYMLINK_POLICIES", "FileCache", "Redirect", "Resource"]
 
 log = logging.getLogger("aws.files")
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _RESOLVE = aiobind.RESOLVE_BENEATH | aiobind.RESOLVE_NO_MAGICLINKS
 _RESOLVE_NO_LINKS = _RESOLVE | aiobind.RESOLVE_NO_SYMLINKS
 SYMLINK_POLICIES = ("root", "prefix", "none")
@@ -47,96 +53,6 @@ SYMLINK_POLICIES = ("root", "prefix", "none")
 _NOT_FOUND = frozenset(
     {errno.ENOENT, errno.ENOTDIR, errno.EXDEV, errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL}
 )
-
-
-class Resource:
-    """An open regular file and what a response needs to know about it."""
-
-    __slots__ = (
-        "_date",
-        "_direct_fd",
-        "_heads",
-        "checked",
-        "content_type",
-        "direct",
-        "etag",
-        "fd",
-        "identity",
-        "last_modified",
-        "mtime",
-        "probe",
-        "refs",
-        "replies",
-        "size",
-        "stale",
-    )
-
-    def __init__(self, fd: int, st: os.stat_result, name: bytes, direct: bool, now: float):
-        self.fd = fd
-        self.size = st.st_size
-        self.mtime = int(st.st_mtime)
-        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        self.etag = b'"%x-%x-%x"' % (st.st_ino, st.st_mtime_ns, st.st_size)
-        self.last_modified = heads.http_date(st.st_mtime)
-        self.content_type = content_type(name)
-        self.direct = direct
-        self.checked = now
-        self.refs = 0
-        self.stale = False
-        self._date = b""
-        self._heads: tuple[bytes, bytes] = (b"", b"")
-        self.replies: object = None  # respond.py's whole-file replies, built once a second
-        # Not served within the revalidation interval: its pages may have left the page
-        # cache, so the next response asks (a hot file is asked about at most that often).
-        self.probe = True
-        self._direct_fd = -2  # -2: not opened yet, -1: the file system refuses O_DIRECT
-
-    def fields(self) -> list[tuple[bytes, bytes]]:
-        return [
-            (b"Content-Type", self.content_type),
-            (b"Last-Modified", self.last_modified),
-            (b"ETag", self.etag),
-            (b"Accept-Ranges", b"bytes"),
-        ]
-
-    def ok_head(self, date: bytes, keep_alive: bool) -> bytes:
-        """The whole-file 200 head, built once per second per file."""
-        if date is not self._date:
-            fields = [*self.fields(), (b"Content-Length", b"%d" % self.size)]
-            self._heads = (
-                heads.build_head(200, date, False, fields),
-                heads.build_head(200, date, True, fields),
-            )
-            self._date = date
-        return self._heads[keep_alive]
-
-    def release(self) -> None:
-        """One user fewer; a file dropped from the cache closes with its last user."""
-        self.refs -= 1
-        if self.stale and not self.refs:
-            self.close()
-
-    def direct_fd(self) -> int:
-        """A second descriptor of the same file with O_DIRECT, for reading a cold range
-        by AIO without waiting on the loop; -1 where the file system refuses it."""
-        if self._direct_fd == -2:
-            try:
-                # Through our own descriptor: the same file, whatever its path does now.
-                self._direct_fd = os.open(
-                    f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC | aiobind.O_DIRECT
-                )
-            except OSError:
-                self._direct_fd = -1
-        return self._direct_fd
-
-    def close(self) -> None:
-        self.replies = None  # they point back here
-        if self._direct_fd >= 0:
-            os.close(self._direct_fd)
-            self._direct_fd = -2
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class Redirect(Exception):
@@ -157,6 +73,7 @@ class FileCache:
         directio: int = 0,
         symlinks: str = "root",
         way: str = "",
+        policy: Policy | None = None,
     ) -> None:
         if symlinks not in SYMLINK_POLICIES:
             raise ValueError(f"symlinks must be one of {SYMLINK_POLICIES}, not {symlinks!r}")
@@ -169,6 +86,9 @@ class FileCache:
         self.max_entries = max_entries
         self.valid = valid
         self.symlinks = symlinks
+        self.policy = policy if policy is not None else Policy()
+        self.url_lead = b"/" + os.fsencode(prefix) + b"/"  # what the patterns match under
+        self._older_logged: set[bytes] = set()
         self._entries: dict[bytes, Resource] = {}
         self._on_buffered = on_buffered
         # _base_fd is the boundary every open stays beneath; _lead is the path from it
@@ -226,12 +146,11 @@ class FileCache:
                 st = os.stat(self._lead + path, dir_fd=self._base_fd)
             except OSError:
                 st = None
-            if st is not None and old.identity == (
-                st.st_dev,
-                st.st_ino,
-                st.st_size,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
+            if (
+                st is not None
+                and old.identity
+                == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                and (old.siblings is None or self._siblings_unchanged(path, old.siblings))
             ):
                 old.checked = now
                 old.probe = True
@@ -246,9 +165,87 @@ class FileCache:
 
     def _drop(self, key: bytes, res: Resource) -> None:
         del self._entries[key]
+        for _, variant in res.variants or ():
+            variant.stale = True
+            if variant.refs == 0:
+                variant.close()
         res.stale = True
         if res.refs == 0:
             res.close()
+
+    def _siblings(self, path: bytes) -> tuple[object, ...]:
+        """What beside ``path`` decides its variants: its folder, then each coding's
+        sibling (None when absent). A sibling made, removed or renamed changes the
+        folder's mtime; one rewritten in place changes its own stat."""
+        return (self._stat_of(self._folder(path)), *(self._stat_of(path + s) for _, s in CODINGS))
+
+    def _siblings_unchanged(self, path: bytes, seen: tuple[object, ...]) -> bool:
+        """The cheap re-check: the folder, and only the siblings that were there (one
+        stat for a file without variants, every ``open_file_valid`` seconds)."""
+        if self._stat_of(self._folder(path)) != seen[0]:
+            return False
+        return all(
+            old is None or self._stat_of(path + suffix) == old
+            for (_, suffix), old in zip(CODINGS, seen[1:], strict=True)
+        )
+
+    @staticmethod
+    def _folder(path: bytes) -> bytes:
+        return path.rpartition(b"/")[0]
+
+    def _stat_of(self, path: bytes) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self._lead + path or b".", dir_fd=self._base_fd)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _variants(
+        self, path: bytes, base: os.stat_result, ctype: bytes, extra: Fields, now: float
+    ) -> tuple[tuple[bytes, Resource], ...]:
+        """Open the precompressed siblings of ``path`` that may stand for it."""
+        found = []
+        for coding, suffix in CODINGS:
+            try:
+                fd = self._confined_open(self._lead + path + suffix)
+            except http.HttpError:
+                continue  # absent, or refused like any file would be
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    os.close(fd)
+                    continue
+                if st.st_mtime_ns < base.st_mtime_ns:
+                    os.close(fd)
+                    self._log_older(path + suffix)
+                    continue
+                direct = self._direct(fd, st)
+                res = Resource(fd, st, b"", direct, now, extra, coding, True, ctype)
+            except BaseException:
+                os.close(fd)
+                raise
+            found.append((coding, res))
+        return tuple(found)
+
+    def _log_older(self, path: bytes) -> None:
+        if path in self._older_logged:
+            return
+        if len(self._older_logged) >= 1024:
+            self._older_logged.clear()
+        self._older_logged.add(path)
+        log.warning(
+            "%s/%s is older than the file it compresses: not served until it is remade",
+            self.directory,
+            os.fsdecode(path),
+        )
+
+    def _direct(self, fd: int, st: os.stat_result) -> bool:
+        if not (self.direct and st.st_size >= self.directio):
+            return False
+        direct = aiobind.set_direct(fd)
+        if not direct and self._on_buffered is not None:
+            self._on_buffered(self.directory)
+        return direct
 
     def _open(self, key: bytes, segments: list[bytes], now: float) -> Resource:
         if self._base_fd < 0:
@@ -270,27 +267,50 @@ class FileCache:
                 raise Redirect()
             if not stat.S_ISREG(st.st_mode):
                 raise http.HttpError(404, "not a regular file")
-            direct = False
-            if self.direct and st.st_size >= self.directio:
-                direct = aiobind.set_direct(fd)
-                if not direct and self._on_buffered is not None:
-                    self._on_buffered(self.directory)
-            return Resource(fd, st, name, direct, now)
+            direct = self._direct(fd, st)
+            policy = self.policy
+            extra = policy.fields_for(self.url_lead + path)
+            if not policy.precompressed:
+                return Resource(fd, st, name, direct, now, extra)
+            siblings = self._siblings(path)
+            variants = ()
+            if any(siblings[1:]):
+                variants = self._variants(path, st, content_type(name), extra, now)
+            res = Resource(fd, st, name, direct, now, extra, vary=bool(variants))
+            res.siblings = siblings
+            res.variants = variants or None
+            res.codings = tuple(coding for coding, _ in variants)
+            return res
         except BaseException:
             os.close(fd)
             raise
 
-    def _confined_open(self, path: bytes) -> int:
+    def open_dir(self, segments: list[bytes]) -> int:
+        """A descriptor of the folder these URL segments name (the last one empty), under
+        the same confinement as a file; for listings. Raises HttpError."""
+        if self._base_fd < 0:
+            raise http.HttpError(404, "prefix directory missing")
+        for seg in segments:
+            if seg[:1] == b"." or b"/" in seg:
+                raise http.HttpError(404, "hidden path segment or encoded slash")
+        return self._confined_open(self._lead + b"/".join(segments) or b".", _DIR_READ)
+
+    def open_beneath(self, segments: list[bytes]) -> int:
+        """A descriptor of the entry these segments name, confined like a file (a
+        symlink is followed only under the policy). Raises HttpError."""
+        return self._confined_open(self._lead + b"/".join(segments))
+
+    def _confined_open(self, path: bytes, flags: int = _OPEN_FLAGS) -> int:
         """Open ``path`` beneath the boundary under the symlink policy, or raise HttpError."""
         try:
             try:
-                return aiobind.openat2(self._base_fd, path, _OPEN_FLAGS, _RESOLVE_NO_LINKS)
+                return aiobind.openat2(self._base_fd, path, flags, _RESOLVE_NO_LINKS)
             except OSError as exc:
                 if exc.errno != errno.ELOOP or self.symlinks == "none":
                     raise
             # A symlink on the way: the kernel still keeps the open beneath the boundary,
             # and where it led is checked before the file is used.
-            fd = aiobind.openat2(self._base_fd, path, _OPEN_FLAGS, _RESOLVE)
+            fd = aiobind.openat2(self._base_fd, path, flags, _RESOLVE)
         except OSError as exc:
             if exc.errno == errno.EACCES:
                 raise http.HttpError(403, "permission denied") from None

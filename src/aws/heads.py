@@ -88,9 +88,10 @@ def error_response(
     keep_alive: bool,
     head_only: bool = False,
     extra: tuple[tuple[bytes, bytes], ...] = (),
+    page: bytes | None = None,
 ) -> bytes:
-    """Head and small HTML body of an error, ready to send in one call."""
-    body = error_body(status)
+    """Head and small HTML body of an error (``page`` if given), ready to send in one call."""
+    body = error_body(status) if page is None else page
     fields = [
         (b"Content-Type", b"text/html; charset=utf-8"),
         (b"Content-Length", str(len(body)).encode()),

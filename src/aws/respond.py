@@ -12,13 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import quote_from_bytes
 
-from aws import heads
+from aws import heads, listing, multipart
 from aws.conditions import evaluate
 from aws.files import FileCache, Redirect, Resource
 from aws.http import ALLOW, HttpError, Request
+from aws.multipart import Segment
+from aws.negotiate import choose
 
 SENDFILE = "sendfile"  # zero-copy from the page cache
 AIO = "aio"  # io_submit into aligned buffers, then send
+# multipart/byteranges: a :class:`PartsReply`, its segments sent by sendfile or by AIO
+PARTS_SENDFILE = "parts-sendfile"
+PARTS_AIO = "parts-aio"
 
 _EMPTY = ((b"Content-Length", b"0"),)
 
@@ -47,6 +52,19 @@ class Reply:
         self.way = way
 
 
+class PartsReply(Reply):
+    """A ``multipart/byteranges`` reply: ``segments`` are the delimiters and the ranges
+    of ``res`` (:mod:`aws.multipart`); ``[start, stop)`` is ``[0, body length)``."""
+
+    __slots__ = ("segments",)
+
+    def __init__(
+        self, head: bytes, res: Resource, length: int, way: str, segs: list[Segment]
+    ) -> None:
+        super().__init__(206, head, res, 0, length, way)
+        self.segments = segs
+
+
 def answer(
     req: Request, caches: Mapping[bytes | None, FileCache], now: float, date: bytes, keep: bool
 ) -> Reply:
@@ -57,11 +75,20 @@ def answer(
         return Reply(200, heads.build_head(200, date, keep, fields))
     cache = caches.get(req.prefix)
     if cache is None:
-        raise HttpError(404, "outside /static/ and /dynamic/")
+        raise _with_page(HttpError(404, "outside /static/ and /dynamic/"), caches)
     try:
         if len(segments) == 1:
             raise Redirect()
-        res = cache.acquire(segments[1:], now, req.key)
+        try:
+            res = cache.acquire(segments[1:], now, req.key)
+        except HttpError as exc:
+            if cache.policy.listing and exc.status == 404 and segments[-1] == b"":
+                listed = _listing(req, cache, date, keep)
+                if listed is not None:
+                    return listed
+            res = _fallback(exc, segments, cache, now, caches)
+        if res.variants is not None:  # x.br, x.zst or x.gz stand beside it
+            res = _pick_variant(req, res, res.variants)
     except Redirect:
         location = quote_from_bytes(req.path + b"/").encode()
         fields = ((b"Location", location), *_EMPTY)
@@ -81,8 +108,14 @@ def answer(
         return replies[2 if keep else 1]  # type: ignore[index,no-any-return]
     if not req.conditional:
         return _with_body(req, res, cache, 200, res.ok_head(date, keep), 0, res.size)
-    decision = evaluate(req, res)
+    decision = evaluate(req, res, cache.policy.max_ranges)
     status = decision.status
+    if status == 206 and decision.parts is not None:
+        if not res.encoding:
+            return _multipart(res, cache, decision.parts, date, keep)
+        # Parts of a compressed variant would each be pieces of one coded stream under
+        # a multipart head that claims no coding: send the whole variant instead.
+        status, decision.start, decision.end = 200, 0, res.size
     if status == 200:
         head = res.ok_head(date, keep)
     elif status == 206:
@@ -93,14 +126,92 @@ def answer(
         ]
         head = heads.build_head(206, date, keep, fields)
     elif status == 304:
-        fields = [(b"Last-Modified", res.last_modified), (b"ETag", res.etag)]
-        head = heads.build_head(304, date, keep, fields)
+        head = heads.build_head(304, date, keep, res.validator_fields())
     else:
         extra = ((b"Content-Range", b"bytes */%d" % res.size),) if status == 416 else ()
+        if res.variants is not None or res.encoding:  # the answer still varied on it
+            extra = (*extra, (b"Vary", b"Accept-Encoding"))
         res.release()
         head_only = req.method == "HEAD"
         return Reply(status, heads.error_response(status, date, keep, head_only, extra))
     return _with_body(req, res, cache, status, head, decision.start, decision.end)
+
+
+class PagedError(HttpError):
+    """An error answered with a custom page from the document root (``--error-pages``)."""
+
+    def __init__(self, exc: HttpError, page: bytes) -> None:
+        super().__init__(exc.status, exc.detail, exc.close, exc.headers, exc.method, exc.request)
+        self.page = page
+
+
+def _with_page(exc: HttpError, caches: Mapping[bytes | None, FileCache]) -> HttpError:
+    """``exc``, or the same error carrying its custom page when there is one."""
+    for cache in caches.values():  # every prefix holds the same pages
+        page = cache.policy.page(exc.status)
+        return exc if page is None else PagedError(exc, page)
+    return exc
+
+
+def _listing(req: Request, cache: FileCache, date: bytes, keep: bool) -> Reply | None:
+    """A folder with no index.html, listed; None when there is no such folder."""
+    assert req.segments is not None
+    try:
+        entries, truncated = listing.read(cache, req.segments[1:])
+    except HttpError:
+        return None
+    accept = req.headers.get(b"accept")
+    head_only = req.method == "HEAD"
+    data = listing.response(req.path, entries, truncated, accept, date, keep, head_only)
+    return Reply(200, data)
+
+
+def _fallback(
+    exc: HttpError,
+    segments: list[bytes],
+    cache: FileCache,
+    now: float,
+    caches: Mapping[bytes | None, FileCache],
+) -> Resource:
+    """A single-page app's index for an unknown path (starlette's ``html=True``, nginx's
+    ``try_files $uri /index.html``), or ``exc`` with its page. A path that looks like a
+    file (its last segment has an extension) still gets its 404 unless told otherwise:
+    a missing script should not be answered with HTML."""
+    policy = cache.policy
+    if exc.status != 404 or not policy.spa or (b"." in segments[-1] and not policy.spa_any_path):
+        raise _with_page(exc, caches) from None
+    try:
+        return cache.acquire([b""], now, b"")
+    except (HttpError, Redirect):
+        raise _with_page(exc, caches) from None
+
+
+def _pick_variant(
+    req: Request, res: Resource, variants: tuple[tuple[bytes, Resource], ...]
+) -> Resource:
+    """The variant Accept-Encoding prefers, or ``res``; the reference moves with it."""
+    coding = choose(req.headers.get(b"accept-encoding"), res.codings)
+    if coding is None:
+        return res
+    for name, variant in variants:
+        if name == coding:
+            variant.refs += 1
+            res.release()
+            return variant
+    return res
+
+
+def _multipart(
+    res: Resource, cache: FileCache, ranges: list[tuple[int, int]], date: bytes, keep: bool
+) -> Reply:
+    boundary, segs, length = multipart.segments(ranges, res.size, res.content_type)
+    fields = [
+        (b"Content-Type", b"multipart/byteranges; boundary=" + boundary),
+        *(f for f in res.fields() if f[0] != b"Content-Type"),
+        (b"Content-Length", b"%d" % length),
+    ]
+    way = PARTS_AIO if cache.way is AIO else PARTS_SENDFILE
+    return PartsReply(heads.build_head(206, date, keep, fields), res, length, way, segs)
 
 
 def _with_body(
@@ -112,7 +223,20 @@ def _with_body(
     return Reply(status, head, res, start, stop, cache.way)
 
 
-def error(exc: HttpError, req: Request | None, date: bytes, keep: bool) -> Reply:
-    """The reply for a request refused with ``exc`` (a HEAD gets the head alone)."""
+def error(
+    exc: HttpError,
+    req: Request | None,
+    date: bytes,
+    keep: bool,
+    caches: Mapping[bytes | None, FileCache] | None = None,
+) -> Reply:
+    """The reply for a request refused with ``exc`` (a HEAD gets the head alone).
+    ``caches``: where the custom pages are, for an error that does not carry its own
+    (one found while parsing: 501, 505)."""
     head_only = (req.method if req is not None else exc.method) == "HEAD"
-    return Reply(exc.status, heads.error_response(exc.status, date, keep, head_only, exc.headers))
+    if caches is not None and not isinstance(exc, PagedError):
+        exc = _with_page(exc, caches)
+    page = exc.page if isinstance(exc, PagedError) else None
+    return Reply(
+        exc.status, heads.error_response(exc.status, date, keep, head_only, exc.headers, page)
+    )

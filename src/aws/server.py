@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from aws import heads
+from aws import errorpages, heads, sitepolicy
 from aws.aio import AioReader
 from aws.config import Config
 from aws.connection import Connection
@@ -61,12 +61,21 @@ class Server:
         cached = max(
             1, min(config.open_file_cache, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
         )
+        # Checked by the command line before any worker starts.
+        pages = errorpages.load(root, config.error_pages) if config.error_pages else {}
         common = {
             "max_entries": cached,
             "valid": config.open_file_valid,
             "symlinks": config.symlinks,
         }
-        self.static = FileCache(root, "static", direct=False, way=SENDFILE, **common)
+        self.static = FileCache(
+            root,
+            "static",
+            direct=False,
+            way=SENDFILE,
+            policy=sitepolicy.for_prefix(config, "static", pages),
+            **common,
+        )
         # Like nginx's directio: small /dynamic/ files are read through the page cache.
         self.dynamic = FileCache(
             root,
@@ -75,6 +84,7 @@ class Server:
             way=AIO,
             on_buffered=self._buffered_once,
             directio=config.directio,
+            policy=sitepolicy.for_prefix(config, "dynamic", pages),
             **common,
         )
         self.caches: dict[bytes | None, FileCache] = {

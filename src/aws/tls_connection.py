@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiobind.buffers import BufferPool
-from aws import heads, tls, transfer
+from aws import heads, respond, tls, transfer
 from aws.connection import ON_EVENT, RECV_SIZE, Connection, Worker
 from aws.loop import EPOLLIN, EPOLLOUT
 from aws.states import HANDSHAKE, READ_HEAD, SEND_BUFFER, SEND_FILE, SEND_HEAD, State
@@ -240,6 +240,16 @@ class TlsConnection(Connection):
             return
         self.sent += sent
         self._buffers_sent(outcome, body)
+
+    def _start_parts(self, reply: respond.Reply) -> None:
+        if not self.ktls and reply.way is respond.PARTS_SENDFILE:
+            # Without kTLS nothing can sendfile into this socket: the parts of a /static/
+            # file are read by AIO into buffers and go through SSL, as /dynamic/ ones do.
+            assert isinstance(reply, respond.PartsReply) and reply.res is not None
+            reply = respond.PartsReply(
+                reply.head, reply.res, reply.stop, respond.PARTS_AIO, reply.segments
+            )
+        super()._start_parts(reply)
 
     def _release_body(self) -> None:
         stage = self.stage

@@ -19,6 +19,7 @@ import ssl
 from aiobind.buffers import AlignedBuffer
 from aiobind.pagecache import PAGE, cachestat, pages, uptodate_at
 from aws.aio import DynamicBody, FileChanged
+from aws.multipart import Cursor, MultipartBody
 
 MSG_MORE = socket.MSG_MORE
 CORK_ABOVE = 256 * 1024  # static bodies this long are sent corked (nginx's tcp_nopush)
@@ -85,8 +86,37 @@ def sendfile(out_fd: int, in_fd: int, pos: int, stop: int, budget: int) -> int:
     return pos
 
 
+def send_parts(sock: socket.socket, in_fd: int, cursor: Cursor, budget: int) -> tuple[str, int]:
+    """A multipart body on ``/static/``: each segment's bytes with ``send`` (MSG_MORE
+    while file bytes follow), then its range with ``sendfile``. Returns ``(DONE or
+    BLOCKED, bytes sent)``; ``cursor`` keeps the place."""
+    out_fd = sock.fileno()
+    sent = 0
+    while True:
+        data = cursor.data
+        if data:
+            left = send_bytes(sock, data, cursor.pos < cursor.stop)
+            sent += len(data) - len(left)
+            cursor.data = left
+            if left:
+                return BLOCKED, sent
+        pos = cursor.pos
+        if pos < cursor.stop:
+            if sent >= budget:
+                return BLOCKED, sent  # level-triggered EPOLLOUT brings it back next turn
+            new = sendfile(out_fd, in_fd, pos, cursor.stop, budget - sent)
+            sent += new - pos
+            cursor.pos = new
+            if new < cursor.stop:
+                return BLOCKED, sent
+        if not cursor.advance():
+            return DONE, sent
+        if sent >= budget:
+            return BLOCKED, sent
+
+
 def send_buffers(
-    sock: socket.socket, body: DynamicBody, head: bytes, budget: int
+    sock: socket.socket, body: DynamicBody | MultipartBody, head: bytes, budget: int
 ) -> tuple[str, bytes, int]:
     """Send the AIO buffers that are read, the unsent ``head`` first in the same
     ``sendmsg``. Returns ``(outcome, head left, body bytes sent)``."""
