@@ -9,6 +9,7 @@ import sys
 
 from aws import config
 from aws.config import Config
+from aws.logs import setup_stderr
 from aws.workers import SingleProcess, StartupError, Supervisor
 
 log = logging.getLogger("aws")
@@ -41,11 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s aws[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_stderr(args.log_level)
     root = os.path.abspath(args.root)
     if not os.path.isdir(root):
         print(f"aws: document root {root} is not a directory", file=sys.stderr)

@@ -78,6 +78,12 @@ class Config:
         metavar="PATH|-",
         help="write an access log line per response to PATH, or stdout for -",
     )
+    log_format: str = option(
+        "common",
+        choices=("common", "combined", "json"),
+        help="access log lines: common (NCSA), combined (with referer and user agent) or "
+        "json (one object a line, with duration, worker and the way the body went out)",
+    )
     header_timeout: float = option(
         10.0, parse=seconds, help="seconds for a complete request head, else 408"
     )

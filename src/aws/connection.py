@@ -64,15 +64,15 @@ class Worker(Protocol):
     aio: AioReader
     caches: Mapping[bytes | None, FileCache]
     draining: bool
-    access_log: object | None
-
-    def log_access(self, conn: Connection) -> None: ...
+    # Called once per response, before its body is released (None: nobody asked).
+    on_response: Callable[[Connection], None] | None
 
     def closed(self, conn: Connection) -> None: ...
 
 
 class Connection:
     __slots__ = (
+        "began",
         "body",
         "busy",
         "corked",
@@ -121,6 +121,7 @@ class Connection:
         self.stop = 0
         self.status = 0
         self.sent = 0
+        self.began = 0.0  # loop time the current response was decided (for its duration)
         self.corked = False
         self.linger = False  # the client may still be sending: close gently
         # Checked by the worker's periodic sweep (no timer object per connection).
@@ -320,17 +321,19 @@ class Connection:
     # -- sending -------------------------------------------------------------------------
 
     def _start(self, reply: respond.Reply) -> None:
+        server = self.server
+        self.began = server.loop.now
         self.status = reply.status
         self.out = reply.head
         res = self.res = reply.res
         if res is None:
+            self.sent = 0  # the error body is part of the head: no file bytes
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
         self.pos = reply.start
         self.stop = reply.stop
         self.sent = 0
-        server = self.server
         if reply.way is respond.SENDFILE:
             # A long transfer: only full segments until the end (nginx's tcp_nopush),
             # instead of a short one at the end of every sendfile call.
@@ -432,10 +435,11 @@ class Connection:
         if self.corked:
             self.corked = False
             transfer.uncork(self.sock)
-        self._release_body()
         server = self.server
-        if server.access_log is not None:
-            server.log_access(self)
+        finish = server.on_response
+        if finish is not None:
+            finish(self)
+        self._release_body()
         if not self.keep_alive or server.draining:
             if (self.framer.buf or self.linger) and not self.eof:
                 self._start_linger()

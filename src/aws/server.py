@@ -13,15 +13,20 @@ import os
 import resource
 import socket
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aws import heads
 from aws.aio import AioReader
 from aws.config import Config
 from aws.connection import Connection
 from aws.files import FileCache
+from aws.logs import AccessLog, way_of
 from aws.loop import EPOLLIN, Loop
 from aws.respond import AIO, SENDFILE
+
+if TYPE_CHECKING:
+    from aws.metrics import WorkerCounters
 
 log = logging.getLogger("aws.server")
 
@@ -31,11 +36,35 @@ ACCEPT_PAUSE = 0.1  # after EMFILE/ENFILE: stop polling the listener this long
 _PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
+class Acceptor:
+    """One listening socket in the loop (TCP, Unix or inherited from systemd)."""
+
+    __slots__ = ("server", "sock")
+
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+
+    def on_event(self, events: int) -> None:
+        self.server.accept(self.sock)
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("accepting failed: %r", exc)
+
+
 class Server:
-    def __init__(self, config: Config, loop: Loop, listener: socket.socket) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: Loop,
+        *listeners: socket.socket,
+        worker: int = 0,
+        counters: WorkerCounters | None = None,
+    ) -> None:
         self.config = config
         self.loop = loop
-        self.listener: socket.socket | None = listener
+        self.worker = worker
+        self.acceptors = [Acceptor(self, sock) for sock in listeners]
         self.date = heads.DateCache()
         self.conns: set[Connection] = set()
         self.draining = False
@@ -72,21 +101,46 @@ class Server:
         self.aio = AioReader(
             loop, config.aio_maxevents, config.aio_chunk, keep_buffers=4 * config.aio_depth
         )
-        self.access_log: TextIO | None = None
-        if config.access_log == "-":
-            self.access_log = os.fdopen(os.dup(1), "w", buffering=1)
-        elif config.access_log:
-            self.access_log = open(config.access_log, "a", buffering=1)  # noqa: SIM115
-        listener.setblocking(False)
-        loop.add(listener.fileno(), EPOLLIN, self)
+        self.access_log: AccessLog | None = None
+        if config.access_log:
+            self.access_log = AccessLog(config.access_log, config.log_format, worker)
+        self.counters = counters
+        self.on_response = self._response_hook()
+        for acceptor in self.acceptors:
+            acceptor.sock.setblocking(False)
+            loop.add(acceptor.sock.fileno(), EPOLLIN, acceptor)
         loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _response_hook(self) -> Callable[[Connection], None] | None:
+        """One bound call per response, or None: nothing at all when both are off."""
+        access_log, counters = self.access_log, self.counters
+        if access_log is None and counters is None:
+            return None
+        clock = time.monotonic
+
+        def log_only(conn: Connection) -> None:
+            access_log.write(conn, clock() - conn.began, way_of(conn))  # type: ignore[union-attr]
+
+        def count_only(conn: Connection) -> None:
+            counters.count(conn, clock() - conn.began, way_of(conn))  # type: ignore[union-attr]
+
+        def both(conn: Connection) -> None:
+            duration, way = clock() - conn.began, way_of(conn)
+            access_log.write(conn, duration, way)  # type: ignore[union-attr]
+            counters.count(conn, duration, way)  # type: ignore[union-attr]
+
+        if counters is None:
+            return log_only
+        return count_only if access_log is None else both
+
+    def reopen_logs(self) -> None:
+        if self.access_log is not None:
+            self.access_log.reopen()
+            log.info("worker %d: reopened the access log %s", self.worker, self.config.access_log)
 
     # -- accepting -----------------------------------------------------------------------
 
-    def on_event(self, events: int) -> None:
-        listener = self.listener
-        if listener is None:
-            return
+    def accept(self, listener: socket.socket) -> None:
         conns = self.conns
         limit = self.config.max_connections
         family = listener.family
@@ -118,13 +172,10 @@ class Server:
                 log.exception("%r failed", conn)
                 conn.close()
 
-    def on_error(self, exc: BaseException) -> None:
-        log.error("accepting failed: %r", exc)
-
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: a level-triggered listener would wake us forever, so stop
         polling it for a moment and keep serving the connections we have."""
-        if self.accept_paused or self.listener is None:
+        if self.accept_paused or not self.acceptors:
             return
         self.pauses += 1
         if self.pauses & (self.pauses - 1) == 0:  # log at powers of two, not 10 times a second
@@ -135,18 +186,21 @@ class Server:
                 self.pauses,
             )
         self.accept_paused = True
-        self.loop.modify(self.listener.fileno(), 0)
+        for acceptor in self.acceptors:
+            self.loop.modify(acceptor.sock.fileno(), 0)
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         self.accept_paused = False
-        if self.listener is not None:
-            self.loop.modify(self.listener.fileno(), EPOLLIN)
+        for acceptor in self.acceptors:
+            self.loop.modify(acceptor.sock.fileno(), EPOLLIN)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _sweep(self) -> None:
         self.date.refresh()
+        if self.counters is not None:
+            self.counters.sample(self)
         now = self.loop.now
         for conn in [c for c in self.conns if c.deadline is not None and c.deadline <= now]:
             try:
@@ -170,17 +224,6 @@ class Server:
                 directory,
             )
 
-    def log_access(self, conn: Connection) -> None:
-        assert self.access_log is not None
-        req = conn.req
-        line = "-"
-        if req is not None:
-            version = "1.1" if req.version == 11 else "1.0"
-            line = f"{req.method} {req.target.decode('latin-1')} HTTP/{version}"
-        peer = conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
-        self.access_log.write(f'{peer} - - [{stamp}] "{line}" {conn.status} {conn.sent}\n')
-
     # -- shutting down -------------------------------------------------------------------
 
     def drain(self) -> None:
@@ -188,10 +231,7 @@ class Server:
         if self.draining:
             return
         self.draining = True
-        if self.listener is not None:
-            self.loop.remove(self.listener.fileno())
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
         for conn in [c for c in self.conns if c.idle]:
             conn.close()
         if not self.conns:
@@ -200,12 +240,19 @@ class Server:
     def close(self) -> None:
         for conn in list(self.conns):
             conn.close()
-        if self.listener is not None:
-            self.loop.remove(self.listener.fileno())
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
         self.aio.close()
         self.static.close()
         self.dynamic.close()
+        if self.counters is not None:
+            self.counters.sample(self)
         if self.access_log is not None:
             self.access_log.close()
+
+    def _close_listeners(self) -> None:
+        """This process's copies only: the supervisor keeps the sockets for the next
+        workers, so connections queued meanwhile wait for them instead of being refused."""
+        for acceptor in self.acceptors:
+            self.loop.remove(acceptor.sock.fileno())
+            acceptor.sock.close()
+        self.acceptors = []

@@ -22,10 +22,11 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import aiobind
 from aws.config import Config
+from aws.logs import tag_process
 from aws.loop import EPOLLIN, Loop
 from aws.proctitle import set_title
 from aws.server import Server
@@ -34,6 +35,8 @@ log = logging.getLogger("aws.worker")
 
 EXIT_FATAL = 3  # the worker cannot start (e.g. io_setup failed): do not restart it
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# Blocked until the watcher is in place: SIGUSR1's default action would kill the worker.
+WATCHED = STOP_SIGNALS | {signal.SIGUSR1}
 
 
 class SignalWatcher:
@@ -49,6 +52,7 @@ class SignalWatcher:
         signal.signal(signal.SIGTERM, self._note)
         # Ctrl-C reaches the whole process group: under a supervisor only it acts on it.
         signal.signal(signal.SIGINT, self._note if interrupt else signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, self._note)  # logrotate's postrotate: reopen the logs
         loop.add(self._r.fileno(), EPOLLIN, self)
 
     def _note(self, signum: int, frame: object) -> None:
@@ -67,7 +71,7 @@ class SignalWatcher:
 def run_worker(
     index: int,
     cpu: int | None,
-    listener: socket.socket,
+    listeners: Sequence[socket.socket],
     config: Config,
     supervisor: int | None = None,
 ) -> int:
@@ -80,7 +84,7 @@ def run_worker(
         os.sched_setaffinity(0, {cpu})
     loop = Loop()
     try:
-        server = Server(config, loop, listener)
+        server = Server(config, loop, *listeners, worker=index)
     except OSError as exc:
         log.critical("worker %d cannot start: %s", index, exc)
         return EXIT_FATAL
@@ -88,6 +92,9 @@ def run_worker(
 
     def on_signal(signo: int) -> None:
         nonlocal orphaned
+        if signo == signal.SIGUSR1:
+            server.reopen_logs()
+            return
         if supervisor is not None and not orphaned and os.getppid() != supervisor:
             # The parent-death signal: a drain, never the "second signal", even when the
             # supervisor had asked for a drain before it died.
@@ -126,7 +133,7 @@ def run_worker(
         loop.stop()
 
     SignalWatcher(loop, on_signal, interrupt=supervisor is None)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
     log.debug("worker %d (pid %d) serving on CPU %s", index, os.getpid(), cpu)
     loop.run()
     server.close()
@@ -148,25 +155,26 @@ def _watch_supervisor(supervisor: int) -> None:
 def worker_process(
     index: int,
     cpu: int | None,
-    listener: socket.socket,
+    listeners: Sequence[socket.socket],
     config: Config,
     supervisor: int,
     inherited: Iterable[socket.socket] = (),
 ) -> None:
     """Entry point in the forked child: never returns.
 
-    Called with the supervisor's signal mask (SIGCHLD, SIGTERM, SIGINT blocked);
-    ``inherited`` are the other workers' listeners, which this one must not hold.
+    Called with the supervisor's signal mask (SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGHUP
+    blocked); ``inherited`` are the other workers' listeners, which this one must not hold.
     """
     status = 1
     try:
         _watch_supervisor(supervisor)
+        tag_process(f"worker {index}")
         for sock in inherited:
             sock.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         set_title(f"aws: worker {index}" + ("" if cpu is None else f" on CPU {cpu}"))
-        status = run_worker(index, cpu, listener, config, supervisor)
+        status = run_worker(index, cpu, listeners, config, supervisor)
     except BaseException:
         log.exception("worker %d crashed", index)
     finally:

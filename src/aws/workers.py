@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import aiobind
 from aws.config import Config
 from aws.proctitle import set_title
-from aws.worker import EXIT_FATAL, STOP_SIGNALS, run_worker, worker_process
+from aws.worker import EXIT_FATAL, WATCHED, run_worker, worker_process
 
 log = logging.getLogger("aws.workers")
 
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0  # a worker up this long resets its back-off
@@ -143,7 +143,7 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             others = [other.listener for other in self.slots if other is not slot]
-            worker_process(slot.index, slot.cpu, slot.listener, self.config, supervisor, others)
+            worker_process(slot.index, slot.cpu, [slot.listener], self.config, supervisor, others)
         if slot.cpu is not None:
             # The child pins itself too; doing it here as well means that once fork has
             # returned, nobody (ps, taskset -p, a test) can see the worker unpinned.
@@ -160,6 +160,9 @@ class Supervisor:
             info = signal.sigtimedwait(_SIGNALS, 0.5)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 self._stop(info.si_signo)
+            elif info is not None and info.si_signo == signal.SIGUSR1:
+                log.info("SIGUSR1: workers reopen their logs")
+                self._signal_all(signal.SIGUSR1)
             fatal = self._reap()
             if fatal is not None and not self.stopping:
                 log.critical("worker %d cannot start; stopping", fatal)
@@ -257,7 +260,7 @@ class SingleProcess:
         self.listener = listener
         self.port = listener.getsockname()[1]
         # Held until the worker's watcher is in place: a signal now drains, once it is.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
         root = os.path.abspath(config.root)
         set_title(f"aws: single process, root {root}")
         log.info(
@@ -266,7 +269,7 @@ class SingleProcess:
 
     def run(self) -> int:
         assert self.listener is not None
-        status = run_worker(0, None, self.listener, self.config)
+        status = run_worker(0, None, [self.listener], self.config)
         if status == EXIT_FATAL:
             return 1
         log.info("stopped")
