@@ -110,7 +110,9 @@ def test_sigusr1_reopens_in_every_worker_and_loses_no_line(
             assert time.monotonic() < deadline, srv.log()
             time.sleep(0.02)
         # stderr lines name the worker that wrote them
-        assert re.search(r"aws\[\d+\] worker [01] INFO aws\.server: worker [01]: reo", srv.log())
+        assert re.search(
+            r"\[worker [01]\] aws\[\d+\] INFO aws\.server: worker [01]: reo", srv.log()
+        )
         frozen = rotated.stat().st_size
         load.join()
         assert rotated.stat().st_size == frozen, "a line went to the rotated file"

@@ -29,6 +29,13 @@ def seconds(text: str) -> float:
     return value
 
 
+def octal_mode(text: str) -> int:
+    value = int(text, 8)
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError("must be an octal file mode such as 660")
+    return value
+
+
 def option(
     default: Any = MISSING,
     *,
@@ -53,6 +60,20 @@ def _cpus() -> int:
 class Config:
     host: str = option("0.0.0.0", help="address to listen on")
     port: int = option(8888, parse=int, help="TCP port (0 picks a free one)")
+    tcp: str = option(
+        "on",
+        choices=("on", "off"),
+        help="listen on --host/--port (off: only on --unix, or on sockets from systemd)",
+    )
+    unix: str | None = option(
+        None, metavar="PATH", help="also listen on a Unix domain socket at PATH"
+    )
+    unix_mode: int = option(
+        0o660, parse=octal_mode, metavar="MODE", help="file mode of the --unix socket, octal"
+    )
+    unix_owner: str | None = option(
+        None, metavar="USER[:GROUP]", help="owner of the --unix socket (needs the right)"
+    )
     root: str = option(".", help="document root holding static/ and dynamic/")
     workers: int = option(
         default_factory=_cpus,

@@ -158,7 +158,8 @@ class AccessLog:
 
 class _Tagged(logging.Formatter):
     def __init__(self, tag: str) -> None:
-        super().__init__(f"%(asctime)s aws[%(process)d] {tag}%(levelname)s %(name)s: %(message)s")
+        # The tag goes first: "aws[PID] LEVEL name: message" stays what searches match.
+        super().__init__(f"%(asctime)s {tag}aws[%(process)d] %(levelname)s %(name)s: %(message)s")
 
 
 def setup_stderr(level: str) -> None:
@@ -170,4 +171,4 @@ def setup_stderr(level: str) -> None:
 def tag_process(tag: str) -> None:
     """Name this process in every stderr line from now on (``worker 2 ``)."""
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(_Tagged(tag + " " if tag else ""))
+        handler.setFormatter(_Tagged(f"[{tag}] " if tag else ""))

@@ -12,16 +12,15 @@ serves and takes the signals itself, like uvicorn by default or nginx with
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass, field
 
 import aiobind
 from aws.config import Config
+from aws.listeners import Listeners, StartupError, open_listeners
 from aws.proctitle import set_title
 from aws.worker import EXIT_FATAL, WATCHED, run_worker, worker_process
 
@@ -31,52 +30,6 @@ _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0  # a worker up this long resets its back-off
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is one line for the user."""
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _probe_port(host: str, port: int) -> None:
-    """Fail if anything listens there (our own sockets use SO_REUSEPORT, which would
-    otherwise let two servers share a port without a word)."""
-    probe = socket.socket(_family(host), socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"port {port} on {host} is already in use") from None
-        raise StartupError(f"cannot bind {host}:{port}: {exc.strerror}") from None
-    finally:
-        probe.close()
-
-
-def make_listeners(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
-    if port:
-        _probe_port(host, port)
-    listeners: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(_family(host), socket.SOCK_STREAM)
-            listeners.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # Accepted sockets inherit it: no Nagle stall behind a small response.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((host, port))
-            port = sock.getsockname()[1]  # with --port 0, all workers share the first pick
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except OSError as exc:
-        for sock in listeners:
-            sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return listeners
 
 
 def check_aio(workers: int, maxevents: int) -> None:
@@ -96,7 +49,6 @@ def check_aio(workers: int, maxevents: int) -> None:
 class WorkerSlot:
     index: int
     cpu: int | None
-    listener: socket.socket
     pid: int = 0
     started: float = 0.0
     backoff: float = BACKOFF_FIRST
@@ -111,28 +63,27 @@ class Supervisor:
         self.slots: list[WorkerSlot] = []
         self.stopping = False
         self.port = 0
+        self.listeners = Listeners()
 
     def start(self) -> None:
         config = self.config
-        listeners = make_listeners(config.host, config.port, config.workers, config.backlog)
-        self.port = listeners[0].getsockname()[1]
+        self.listeners = open_listeners(config, config.workers)
+        self.port = self.listeners.port()
         try:
             check_aio(config.workers, config.aio_maxevents)
         except StartupError:
-            for sock in listeners:
-                sock.close()
+            self.listeners.close()
             raise
-        for i, sock in enumerate(listeners):
+        for i in range(config.workers):
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
-            self.slots.append(WorkerSlot(i, cpu, sock))
+            self.slots.append(WorkerSlot(i, cpu))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
         for slot in self.slots:
             self._spawn(slot)
         log.info(
-            "aws listening on http://%s:%d with %d worker%s, root %s",
-            config.host,
-            self.port,
+            "aws listening on %s with %d worker%s, root %s",
+            self.listeners.names(),
             config.workers,
             "" if config.workers == 1 else "s",
             os.path.abspath(config.root),
@@ -142,8 +93,9 @@ class Supervisor:
         supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
-            others = [other.listener for other in self.slots if other is not slot]
-            worker_process(slot.index, slot.cpu, [slot.listener], self.config, supervisor, others)
+            mine = self.listeners.for_worker(slot.index)
+            others = self.listeners.not_for(slot.index)
+            worker_process(slot.index, slot.cpu, mine, self.config, supervisor, others)
         if slot.cpu is not None:
             # The child pins itself too; doing it here as well means that once fork has
             # returned, nobody (ps, taskset -p, a test) can see the worker unpinned.
@@ -171,6 +123,7 @@ class Supervisor:
             if self.stopping:
                 if not any(slot.pid for slot in self.slots):
                     log.info("all workers stopped")
+                    self.listeners.close()
                     return status
                 continue
             now = time.monotonic()
@@ -226,8 +179,7 @@ class Supervisor:
             signal.Signals(signo).name,
             self.config.drain_timeout,
         )
-        for slot in self.slots:
-            slot.listener.close()  # the workers' copies keep theirs until they drain
+        self.listeners.close()  # the workers' copies stay open until they drain
         self._signal_all(signal.SIGTERM)
 
     def _signal_all(self, signo: int) -> None:
@@ -246,30 +198,29 @@ class SingleProcess:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.listener: socket.socket | None = None
+        self.listeners = Listeners()
         self.port = 0
 
     def start(self) -> None:
         config = self.config
-        [listener] = make_listeners(config.host, config.port, 1, config.backlog)
+        self.listeners = open_listeners(config, 1)
         try:
             check_aio(1, config.aio_maxevents)
         except StartupError:
-            listener.close()
+            self.listeners.close()
             raise
-        self.listener = listener
-        self.port = listener.getsockname()[1]
+        self.port = self.listeners.port()
         # Held until the worker's watcher is in place: a signal now drains, once it is.
         signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
         root = os.path.abspath(config.root)
         set_title(f"aws: single process, root {root}")
-        log.info(
-            "aws listening on http://%s:%d with 1 worker, root %s", config.host, self.port, root
-        )
+        log.info("aws listening on %s with 1 worker, root %s", self.listeners.names(), root)
 
     def run(self) -> int:
-        assert self.listener is not None
-        status = run_worker(0, None, [self.listener], self.config)
+        try:
+            status = run_worker(0, None, self.listeners.for_worker(0), self.config)
+        finally:
+            self.listeners.close()
         if status == EXIT_FATAL:
             return 1
         log.info("stopped")
