@@ -9,6 +9,7 @@ import sys
 
 from aws import config
 from aws.config import Config
+from aws.limits import raise_nofile
 from aws.logs import setup_stderr
 from aws.workers import SingleProcess, StartupError, Supervisor
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     values = {f.name: getattr(args, f.name) for f in config.flags()}
     settings = Config(**{**values, "root": root})
+    raise_nofile(settings)
     server: SingleProcess | Supervisor
     if settings.workers == 1:
         server = SingleProcess(settings)
