@@ -107,3 +107,12 @@ def get_raw(addr: object, raw: bytes, family: int = socket.AF_INET, timeout: flo
         while chunk := s.recv(1 << 20):
             data += chunk
     return data
+
+
+def worker_pids(srv: ServerProcess) -> list[int]:
+    """The supervisor's worker children (its metrics process is a child too)."""
+    return [
+        pid
+        for pid in srv.worker_pids()
+        if b"aws: worker" in Path(f"/proc/{pid}/cmdline").read_bytes() or pid == srv.proc.pid
+    ]

@@ -10,8 +10,10 @@ import sys
 from aws import config
 from aws.config import Config
 from aws.limits import raise_nofile
+from aws.listeners import StartupError
 from aws.logs import setup_stderr
-from aws.workers import SingleProcess, StartupError, Supervisor
+from aws.single import SingleProcess
+from aws.workers import Supervisor
 
 log = logging.getLogger("aws")
 

@@ -105,6 +105,12 @@ class Config:
         help="access log lines: common (NCSA), combined (with referer and user agent) or "
         "json (one object a line, with duration, worker and the way the body went out)",
     )
+    metrics: str | None = option(
+        None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (/metrics) and a health check (/healthz) on "
+        "their own listener there (off by default)",
+    )
     header_timeout: float = option(
         10.0, parse=seconds, help="seconds for a complete request head, else 408"
     )

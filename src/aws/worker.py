@@ -28,6 +28,8 @@ import aiobind
 from aws.config import Config
 from aws.logs import tag_process
 from aws.loop import EPOLLIN, Loop
+from aws.metrics import Shared, WorkerCounters
+from aws.metrics_http import MetricsListener
 from aws.proctitle import set_title
 from aws.server import Server
 
@@ -74,17 +76,20 @@ def run_worker(
     listeners: Sequence[socket.socket],
     config: Config,
     supervisor: int | None = None,
+    counters: WorkerCounters | None = None,
+    metrics: tuple[socket.socket, Shared] | None = None,
 ) -> int:
     """Serve until stopped; returns the process exit status.
 
     ``supervisor`` is the pid of the process that forked this one, or None when this
-    process serves alone (``--workers 1``).
+    process serves alone (``--workers 1``); then ``metrics`` is the listener it serves
+    its own metrics on, with the shared counters it reads them from.
     """
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     loop = Loop()
     try:
-        server = Server(config, loop, *listeners, worker=index)
+        server = Server(config, loop, *listeners, worker=index, counters=counters)
     except OSError as exc:
         log.critical("worker %d cannot start: %s", index, exc)
         return EXIT_FATAL
@@ -122,6 +127,8 @@ def run_worker(
         drain()
 
     def drain() -> None:
+        if metrics is not None:
+            metrics[1].set_draining(True)
         if not server.draining:
             log.debug("worker %d: draining %d connections", index, len(server.conns))
             server.drain()
@@ -132,6 +139,8 @@ def run_worker(
             log.warning("worker %d: drain timeout, %d connections cut", index, len(server.conns))
         loop.stop()
 
+    if metrics is not None:
+        MetricsListener(loop, metrics[0], metrics[1].snapshot)
     SignalWatcher(loop, on_signal, interrupt=supervisor is None)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
     log.debug("worker %d (pid %d) serving on CPU %s", index, os.getpid(), cpu)
@@ -159,6 +168,7 @@ def worker_process(
     config: Config,
     supervisor: int,
     inherited: Iterable[socket.socket] = (),
+    counters: WorkerCounters | None = None,
 ) -> None:
     """Entry point in the forked child: never returns.
 
@@ -174,7 +184,7 @@ def worker_process(
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         set_title(f"aws: worker {index}" + ("" if cpu is None else f" on CPU {cpu}"))
-        status = run_worker(index, cpu, listeners, config, supervisor)
+        status = run_worker(index, cpu, listeners, config, supervisor, counters)
     except BaseException:
         log.exception("worker %d crashed", index)
     finally:

@@ -15,14 +15,17 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 
 import aiobind
 from aws.config import Config
 from aws.listeners import Listeners, StartupError, open_listeners
+from aws.metrics import Shared, WorkerCounters
+from aws.metrics_http import metrics_listener, metrics_process
 from aws.proctitle import set_title
-from aws.worker import EXIT_FATAL, WATCHED, run_worker, worker_process
+from aws.worker import EXIT_FATAL, worker_process
 
 log = logging.getLogger("aws.workers")
 
@@ -54,6 +57,7 @@ class WorkerSlot:
     backoff: float = BACKOFF_FIRST
     restart_at: float | None = None
     history: list[int] = field(default_factory=list)
+    cells: int | None = None  # its slot in the shared metrics region
 
 
 class Supervisor:
@@ -64,21 +68,34 @@ class Supervisor:
         self.stopping = False
         self.port = 0
         self.listeners = Listeners()
+        self.metrics_sock: socket.socket | None = None
+        self.shared: Shared | None = None
+        self.metrics_pid = 0
+        self.metrics_restart_at: float | None = None
 
     def start(self) -> None:
         config = self.config
         self.listeners = open_listeners(config, config.workers)
         self.port = self.listeners.port()
         try:
+            if config.metrics:
+                self.metrics_sock = metrics_listener(config.metrics)
             check_aio(config.workers, config.aio_maxevents)
         except StartupError:
             self.listeners.close()
+            if self.metrics_sock is not None:
+                self.metrics_sock.close()
             raise
+        if self.metrics_sock is not None:
+            # Before any fork: every child shares it. Slots to spare for reloads, when old
+            # and new workers run side by side.
+            self.shared = Shared(max(64, 8 * config.workers))
         for i in range(config.workers):
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
             self.slots.append(WorkerSlot(i, cpu))
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
+        self._spawn_metrics()
         for slot in self.slots:
             self._spawn(slot)
         log.info(
@@ -88,20 +105,47 @@ class Supervisor:
             "" if config.workers == 1 else "s",
             os.path.abspath(config.root),
         )
+        if self.metrics_sock is not None:
+            log.info("metrics on http://%s/metrics", config.metrics)
+
+    def _spawn_metrics(self) -> None:
+        if self.metrics_sock is None or self.shared is None:
+            return
+        supervisor = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            for sock in self.listeners.own + self.listeners.shared:
+                sock.close()
+            metrics_process(self.metrics_sock, self.shared, supervisor)
+        self.metrics_pid = pid
+        self.metrics_restart_at = None
 
     def _spawn(self, slot: WorkerSlot) -> None:
         supervisor = os.getpid()
+        shared = self.shared
+        if shared is not None and slot.cells is None:
+            slot.cells = shared.claim(slot.index)
+            if slot.cells is None:
+                log.warning("worker %d: no free metrics slot, it is not counted", slot.index)
         pid = os.fork()
         if pid == 0:
             mine = self.listeners.for_worker(slot.index)
             others = self.listeners.not_for(slot.index)
-            worker_process(slot.index, slot.cpu, mine, self.config, supervisor, others)
+            if self.metrics_sock is not None:
+                others.append(self.metrics_sock)
+            counters = None
+            if shared is not None and slot.cells is not None:
+                shared.bind(slot.cells, os.getpid())
+                counters = WorkerCounters(shared.live(slot.cells))
+            worker_process(slot.index, slot.cpu, mine, self.config, supervisor, others, counters)
         if slot.cpu is not None:
             # The child pins itself too; doing it here as well means that once fork has
             # returned, nobody (ps, taskset -p, a test) can see the worker unpinned.
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(pid, {slot.cpu})
         slot.pid = pid
+        if shared is not None and slot.cells is not None:
+            shared.bind(slot.cells, pid)
         slot.started = time.monotonic()
         slot.restart_at = None
 
@@ -124,9 +168,12 @@ class Supervisor:
                 if not any(slot.pid for slot in self.slots):
                     log.info("all workers stopped")
                     self.listeners.close()
+                    self._stop_metrics()
                     return status
                 continue
             now = time.monotonic()
+            if self.metrics_restart_at is not None and now >= self.metrics_restart_at:
+                self._spawn_metrics()
             for slot in self.slots:
                 if slot.pid == 0 and slot.restart_at is not None and now >= slot.restart_at:
                     self._spawn(slot)
@@ -142,11 +189,20 @@ class Supervisor:
                 return fatal
             if pid == 0:
                 return fatal
+            code = os.waitstatus_to_exitcode(wstatus)
+            if pid == self.metrics_pid:
+                self.metrics_pid = 0
+                if not self.stopping:
+                    log.error("metrics process died with %d; restarting in 1s", code)
+                    self.metrics_restart_at = time.monotonic() + 1.0
+                continue
             slot = next((s for s in self.slots if s.pid == pid), None)
             if slot is None:
                 continue
             slot.pid = 0
-            code = os.waitstatus_to_exitcode(wstatus)
+            if self.shared is not None and slot.cells is not None:
+                self.shared.release(slot.cells)
+                slot.cells = None
             if self.stopping:
                 if code != 0:
                     log.warning("worker %d exited with %d", slot.index, code)
@@ -157,6 +213,8 @@ class Supervisor:
             now = time.monotonic()
             if now - slot.started > STABLE_AFTER:
                 slot.backoff = BACKOFF_FIRST
+            if self.shared is not None:
+                self.shared.restarted(slot.index)
             why = f"signal {-code}" if code < 0 else f"status {code}"
             log.error(
                 "worker %d (pid %d) died with %s; restarting in %.1fs",
@@ -174,6 +232,8 @@ class Supervisor:
             self._signal_all(signal.SIGTERM)
             return
         self.stopping = True
+        if self.shared is not None:
+            self.shared.set_draining(True)  # /healthz says 503 from now on
         log.info(
             "%s: stopping; transfers in flight may take up to %.0fs",
             signal.Signals(signo).name,
@@ -182,46 +242,19 @@ class Supervisor:
         self.listeners.close()  # the workers' copies stay open until they drain
         self._signal_all(signal.SIGTERM)
 
+    def _stop_metrics(self) -> None:
+        if self.metrics_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.metrics_pid, signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.metrics_pid, 0)
+            self.metrics_pid = 0
+        if self.metrics_sock is not None:
+            self.metrics_sock.close()
+            self.metrics_sock = None
+
     def _signal_all(self, signo: int) -> None:
         for slot in self.slots:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signo)
-
-
-class SingleProcess:
-    """``--workers 1``: the started process is the worker, with no supervisor.
-
-    It is what ``ps``, ``lsof -p`` and ``strace -p`` show, and it is not pinned to a CPU:
-    the process manager or ``taskset`` decides where it runs.
-    """
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.listeners = Listeners()
-        self.port = 0
-
-    def start(self) -> None:
-        config = self.config
-        self.listeners = open_listeners(config, 1)
-        try:
-            check_aio(1, config.aio_maxevents)
-        except StartupError:
-            self.listeners.close()
-            raise
-        self.port = self.listeners.port()
-        # Held until the worker's watcher is in place: a signal now drains, once it is.
-        signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
-        root = os.path.abspath(config.root)
-        set_title(f"aws: single process, root {root}")
-        log.info("aws listening on %s with 1 worker, root %s", self.listeners.names(), root)
-
-    def run(self) -> int:
-        try:
-            status = run_worker(0, None, self.listeners.for_worker(0), self.config)
-        finally:
-            self.listeners.close()
-        if status == EXIT_FATAL:
-            return 1
-        log.info("stopped")
-        return status
