@@ -49,8 +49,10 @@ class Load:
     threads: int = 4
     requests: int = 200
     done: int = 0
+    retried: int = 0  # requests resent after the server closed an idle keep-alive connection
     errors: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> Load:
@@ -63,26 +65,44 @@ class Load:
     def _run(self, seed: int) -> None:
         client: RawClient | None = None
         for n in range(self.requests):
+            if self._stop.is_set():
+                break
             path = self.paths[(seed + n) % len(self.paths)]
-            try:
-                if client is None:
-                    client = RawClient(self.addr)
-                client.send(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-                status, headers, body = client.response()
+            for attempt in range(2):
+                reused = client is not None
+                try:
+                    if client is None:
+                        client = RawClient(self.addr)
+                    client.send(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                    status, headers, body = client.response()
+                except (OSError, ConnectionError) as exc:
+                    nothing = client is None or not client.buf
+                    if client is not None:
+                        client.sock.close()
+                    client = None
+                    # A keep-alive connection the server closed while it was idle (a drain)
+                    # before any byte of the answer: what every HTTP client retries
+                    # (RFC 9112 9.3.1). Anything else, or on a fresh connection, is an error.
+                    if reused and nothing and attempt == 0:
+                        with self._lock:
+                            self.retried += 1
+                        continue
+                    self.errors.append(f"{path}: {exc!r}")
+                    break
                 if status != 200 or body != self.docroot.content(path):
                     self.errors.append(f"{path}: {status}, {len(body)} bytes")
                 if headers.get("connection") == "close":
                     client.sock.close()
                     client = None
-            except (OSError, ConnectionError) as exc:
-                self.errors.append(f"{path}: {exc!r}")
-                if client is not None:
-                    client.sock.close()
-                client = None
+                break
             with self._lock:
                 self.done += 1
         if client is not None:
             client.sock.close()
+
+    def stop(self) -> None:
+        """Each client thread ends after the request it is doing."""
+        self._stop.set()
 
     def join(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from aws import config
 from aws.config import Config
@@ -21,8 +24,19 @@ log = logging.getLogger("aws")
 _METAVARS = {config.seconds: "S", config.positive_int: "N", int: "N"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class ConfigError(StartupError):
+    """The configuration does not load; the message is one line for the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser(
+    cls: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    p = cls(
         prog="python -m aws",
         description="aws, the asynchronous web server: serves ROOT/static/ with sendfile "
         "and ROOT/dynamic/ with Linux native AIO, one epoll worker per CPU.",
@@ -43,21 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_stderr(args.log_level)
+def load_config(argv: Sequence[str] | None) -> Config:
+    """The whole configuration, from the command line; called at start and again on
+    every SIGHUP (a reload re-reads everything). Raises :class:`ConfigError`."""
+    args = build_parser(_Parser).parse_args(argv)
     root = os.path.abspath(args.root)
     if not os.path.isdir(root):
-        print(f"aws: document root {root} is not a directory", file=sys.stderr)
-        return 2
+        raise ConfigError(f"document root {root} is not a directory")
+    if args.access_log not in (None, "-"):
+        folder = os.path.dirname(os.path.abspath(args.access_log))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"access log folder {folder} does not exist")
     values = {f.name: getattr(args, f.name) for f in config.flags()}
-    settings = Config(**{**values, "root": root})
+    return Config(**{**values, "root": root})
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    try:
+        settings = load_config(argv)
+    except ConfigError as exc:
+        print(f"aws: {exc}", file=sys.stderr)
+        return 2
+    setup_stderr(settings.log_level)
     raise_nofile(settings)
     server: SingleProcess | Supervisor
+    reload = functools.partial(load_config, list(argv))
     if settings.workers == 1:
-        server = SingleProcess(settings)
+        server = SingleProcess(settings, reload)
     else:
-        server = Supervisor(settings, sorted(os.sched_getaffinity(0)))
+        server = Supervisor(settings, sorted(os.sched_getaffinity(0)), reload)
     try:
         server.start()
     except StartupError as exc:

@@ -1,4 +1,5 @@
-"""Descriptors enough for ``--max-connections``: raise RLIMIT_NOFILE at start.
+"""Kernel limits checked at start: descriptors enough for ``--max-connections`` (raise
+RLIMIT_NOFILE), and an AIO context for every worker (``fs.aio-max-nr``).
 
 Like nginx's ``worker_rlimit_nofile``, but worked out from the settings: each worker
 holds up to ``max_connections`` sockets, two open-file caches and a few fixed descriptors
@@ -13,7 +14,9 @@ from __future__ import annotations
 import logging
 import resource
 
+import aiobind
 from aws.config import Config
+from aws.listeners import StartupError
 
 log = logging.getLogger("aws.limits")
 
@@ -56,3 +59,16 @@ def raise_nofile(config: Config) -> int:
         need,
     )
     return hard
+
+
+def check_aio(workers: int, maxevents: int) -> None:
+    """Every worker needs an AIO context: find out now, not in a restart loop."""
+    contexts = []
+    try:
+        for _ in range(workers):
+            contexts.append(aiobind.Context(maxevents))
+    except OSError as exc:
+        raise StartupError(f"{exc} (see /proc/sys/fs/aio-max-nr)") from None
+    finally:
+        for ctx in contexts:
+            ctx.close()

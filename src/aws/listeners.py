@@ -212,6 +212,20 @@ class Listeners:
             self.unix_path = None
 
 
+# Settings a reload cannot change: the sockets are kept, not opened again.
+_KEPT = ("host", "port", "tcp", "unix", "unix_mode", "unix_owner", "metrics", "backlog")
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The flags whose new value a reload cannot apply (it keeps the sockets)."""
+    changed = [
+        f"--{name.replace('_', '-')}" for name in _KEPT if getattr(old, name) != getattr(new, name)
+    ]
+    if (old.workers == 1) != (new.workers == 1):
+        changed.append("--workers (to or from 1)")
+    return changed
+
+
 def open_listeners(config: Config, workers: int) -> Listeners:
     socks = inherited()
     if socks:

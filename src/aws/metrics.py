@@ -52,8 +52,8 @@ assert ACCEPT_PAUSES < SLOT_CELLS
 _FOLDED = [*range(REQUESTS, CONNECTIONS), REFUSED, ACCEPT_PAUSES]
 
 # Cells of the header.
-SEQ, DRAINING = 0, 1
-RESTARTS = 2  # per worker index
+SEQ, DRAINING, RELOADS = 0, 1, 2
+RESTARTS = 3  # per worker index
 HEADER_CELLS = RESTARTS + MAX_INDEX
 
 _PREFIX_INDEX = {b"static": 0, b"dynamic": 1}
@@ -144,6 +144,9 @@ class Shared:
         if index < MAX_INDEX:
             self.header[RESTARTS + index] += 1
 
+    def reloaded(self) -> None:
+        self.header[RELOADS] += 1
+
     def set_draining(self, draining: bool) -> None:
         self.header[DRAINING] = int(draining)
 
@@ -157,6 +160,7 @@ class Shared:
             if seq & 1:
                 continue
             snap = Snapshot(bool(header[DRAINING]))
+            snap.reloads = header[RELOADS]
             for index in range(MAX_INDEX):
                 snap.add(index, self.retired(index), live=False)
             for n in range(self.slots):
@@ -180,6 +184,7 @@ class Snapshot:
         self.per_worker: dict[int, list[int]] = {}
         self.alive: set[int] = set()
         self.restarts: dict[int, int] = {}
+        self.reloads = 0
 
     def add(self, index: int, cells: memoryview, live: bool) -> None:
         values = cells.tolist()
@@ -257,6 +262,8 @@ def _render(snap: Snapshot) -> Iterator[str]:
     yield _family("aws_worker_restarts_total", "counter", "Workers restarted after dying.")
     for w in sorted(set(workers) | set(snap.restarts)):
         yield _series("aws_worker_restarts_total", {"worker": str(w)}, snap.restarts.get(w, 0))
+    yield _family("aws_reloads_total", "counter", "Configuration reloads (SIGHUP) applied.")
+    yield _series("aws_reloads_total", {}, snap.reloads)
     yield _family("aws_workers_up", "gauge", "Worker processes serving.")
     yield _series("aws_workers_up", {}, len(snap.alive))
     yield _family("aws_draining", "gauge", "1 while the server is stopping.")

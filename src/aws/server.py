@@ -60,6 +60,7 @@ class Server:
         *listeners: socket.socket,
         worker: int = 0,
         counters: WorkerCounters | None = None,
+        accepting: bool = True,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -106,10 +107,18 @@ class Server:
             self.access_log = AccessLog(config.access_log, config.log_format, worker)
         self.counters = counters
         self.on_response = self._response_hook()
+        # What to do once a drain has no connection left (a reload replaces it).
+        self.on_drained: Callable[[], None] = loop.stop
+        self._closed = False
+        self._drain_done = False
+        if accepting:
+            self.start_accepting()
+        loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def start_accepting(self) -> None:
         for acceptor in self.acceptors:
             acceptor.sock.setblocking(False)
-            loop.add(acceptor.sock.fileno(), EPOLLIN, acceptor)
-        loop.call_later(SWEEP_INTERVAL, self._sweep)
+            self.loop.add(acceptor.sock.fileno(), EPOLLIN, acceptor)
 
     def _response_hook(self) -> Callable[[Connection], None] | None:
         """One bound call per response, or None: nothing at all when both are off."""
@@ -198,6 +207,8 @@ class Server:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _sweep(self) -> None:
+        if self._closed:
+            return
         self.date.refresh()
         if self.counters is not None:
             self.counters.sample(self)
@@ -213,7 +224,7 @@ class Server:
     def closed(self, conn: Connection) -> None:
         self.conns.discard(conn)
         if self.draining and not self.conns:
-            self.loop.stop()
+            self._drained()
 
     def _buffered_once(self, directory: str) -> None:
         if directory not in self._buffered_logged:
@@ -232,12 +243,37 @@ class Server:
             return
         self.draining = True
         self._close_listeners()
-        for conn in [c for c in self.conns if c.idle]:
+        self._drain_connections()
+
+    def hand_over(self) -> list[socket.socket]:
+        """A reload in this process: stop accepting and drain as :meth:`drain` does, but
+        give the listening sockets (still open) to the next server instead of closing them."""
+        socks = [acceptor.sock for acceptor in self.acceptors]
+        for sock in socks:
+            self.loop.remove(sock.fileno())
+        self.acceptors = []
+        self.draining = True
+        self._drain_connections()
+        return socks
+
+    def _drain_connections(self) -> None:
+        # Idle keep-alive connections go now. One accepted but with no request yet stays:
+        # its client is sending, and it gets its answer (with Connection: close) rather
+        # than a reset (within --header-timeout).
+        for conn in [c for c in self.conns if c.idle and c.requests]:
             conn.close()
         if not self.conns:
-            self.loop.stop()
+            self._drained()
+
+    def _drained(self) -> None:
+        if not self._drain_done:
+            self._drain_done = True
+            self.on_drained()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for conn in list(self.conns):
             conn.close()
         self._close_listeners()

@@ -1,7 +1,10 @@
 """``--workers 1``: one process that binds, serves and takes the signals itself.
 
 Like uvicorn by default or nginx with ``master_process off``: no supervisor, no fork;
-restarting it is the process manager's job.
+restarting it is the process manager's job. SIGHUP reloads inside the process: a new
+server with the new configuration takes over the listening sockets in the same loop,
+and the old one drains beside it (``worker.Serving``); settings bound to the sockets
+(address, port, Unix socket, metrics) need a restart.
 """
 
 from __future__ import annotations
@@ -10,14 +13,15 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 
 from aws.config import Config
+from aws.limits import check_aio
 from aws.listeners import Listeners, StartupError, open_listeners
 from aws.metrics import Shared, WorkerCounters
 from aws.metrics_http import metrics_listener
 from aws.proctitle import set_title
 from aws.worker import EXIT_FATAL, WATCHED, run_worker
-from aws.workers import check_aio
 
 log = logging.getLogger("aws.single")
 
@@ -29,8 +33,9 @@ class SingleProcess:
     the process manager or ``taskset`` decides where it runs.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self.reload = reload
         self.listeners = Listeners()
         self.port = 0
         self.metrics: tuple[socket.socket, Shared] | None = None
@@ -72,6 +77,7 @@ class SingleProcess:
                 self.config,
                 counters=self.counters,
                 metrics=self.metrics,
+                reload=self.reload,
             )
         finally:
             self.listeners.close()

@@ -17,11 +17,12 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiobind
 from aws.config import Config
-from aws.listeners import Listeners, StartupError, open_listeners
+from aws.limits import check_aio
+from aws.listeners import Listeners, StartupError, open_listeners, restart_needed
 from aws.metrics import Shared, WorkerCounters
 from aws.metrics_http import metrics_listener, metrics_process
 from aws.proctitle import set_title
@@ -29,23 +30,10 @@ from aws.worker import EXIT_FATAL, worker_process
 
 log = logging.getLogger("aws.workers")
 
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP}
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0  # a worker up this long resets its back-off
-
-
-def check_aio(workers: int, maxevents: int) -> None:
-    """Every worker needs an AIO context: find out now, not in a restart loop."""
-    contexts = []
-    try:
-        for _ in range(workers):
-            contexts.append(aiobind.Context(maxevents))
-    except OSError as exc:
-        raise StartupError(f"{exc} (see /proc/sys/fs/aio-max-nr)") from None
-    finally:
-        for ctx in contexts:
-            ctx.close()
 
 
 @dataclass
@@ -61,10 +49,14 @@ class WorkerSlot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, cpus: list[int]) -> None:
+    def __init__(
+        self, config: Config, cpus: list[int], reload: Callable[[], Config] | None = None
+    ) -> None:
         self.config = config
         self.cpus = cpus
+        self.reload = reload
         self.slots: list[WorkerSlot] = []
+        self.retiring: list[WorkerSlot] = []  # workers of an earlier config, draining
         self.stopping = False
         self.port = 0
         self.listeners = Listeners()
@@ -159,13 +151,15 @@ class Supervisor:
             elif info is not None and info.si_signo == signal.SIGUSR1:
                 log.info("SIGUSR1: workers reopen their logs")
                 self._signal_all(signal.SIGUSR1)
+            elif info is not None and info.si_signo == signal.SIGHUP:
+                self._reload()
             fatal = self._reap()
             if fatal is not None and not self.stopping:
                 log.critical("worker %d cannot start; stopping", fatal)
                 status = 1
                 self._stop(signal.SIGTERM)
             if self.stopping:
-                if not any(slot.pid for slot in self.slots):
+                if not any(slot.pid for slot in self.slots + self.retiring):
                     log.info("all workers stopped")
                     self.listeners.close()
                     self._stop_metrics()
@@ -196,13 +190,18 @@ class Supervisor:
                     log.error("metrics process died with %d; restarting in 1s", code)
                     self.metrics_restart_at = time.monotonic() + 1.0
                 continue
-            slot = next((s for s in self.slots if s.pid == pid), None)
+            slot = next((s for s in self.slots + self.retiring if s.pid == pid), None)
             if slot is None:
                 continue
             slot.pid = 0
             if self.shared is not None and slot.cells is not None:
                 self.shared.release(slot.cells)
                 slot.cells = None
+            if slot in self.retiring:
+                self.retiring.remove(slot)
+                if code != 0:
+                    log.warning("old worker %d (pid %d) exited with %d", slot.index, pid, code)
+                continue
             if self.stopping:
                 if code != 0:
                     log.warning("worker %d exited with %d", slot.index, code)
@@ -253,8 +252,54 @@ class Supervisor:
             self.metrics_sock.close()
             self.metrics_sock = None
 
-    def _signal_all(self, signo: int) -> None:
+    def _reload(self) -> None:
+        """SIGHUP: load the configuration again; start a new worker per slot with it on
+        the same sockets, then drain the old ones. Until the new workers poll, queued
+        connections wait in the sockets' backlogs (the supervisor keeps the sockets), so
+        none is refused; the old workers finish what they are sending."""
+        if self.stopping or self.reload is None:
+            return
+        old = self.config
+        try:
+            new = self.reload()
+            if new.workers == 1:
+                raise StartupError("--workers 1 runs without a supervisor: restart to get it")
+            for change in restart_needed(old, new):
+                log.warning("SIGHUP: %s changed; that needs a restart, kept as it was", change)
+            # The old workers keep their contexts while they drain: the new ones need theirs.
+            check_aio(new.workers, new.aio_maxevents)
+            self.listeners.resize(new.workers, old.backlog)
+        except StartupError as exc:
+            log.error("SIGHUP: the configuration does not load (%s); the workers serve on", exc)
+            return
+        except Exception as exc:
+            log.exception("SIGHUP: reload failed (%r); the workers serve on", exc)
+            return
+        self.config = new
+        previous = self.slots
+        self.slots = [
+            WorkerSlot(i, self.cpus[i % len(self.cpus)] if self.cpus else None)
+            for i in range(new.workers)
+        ]
         for slot in self.slots:
+            self._spawn(slot)
+        for slot in previous:
+            slot.restart_at = None
+            if slot.pid:
+                self.retiring.append(slot)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+        if self.shared is not None:
+            self.shared.reloaded()
+        log.info(
+            "SIGHUP: reloaded the configuration: %d new workers (pids %s), %d old ones draining",
+            len(self.slots),
+            " ".join(str(slot.pid) for slot in self.slots),
+            len(self.retiring),
+        )
+
+    def _signal_all(self, signo: int) -> None:
+        for slot in self.slots + self.retiring:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signo)
