@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from aws.config import Config
 from aws.limits import check_aio
-from aws.listeners import Listeners, StartupError, open_listeners
+from aws.listeners import Listeners, StartupError, describe, open_listeners
 from aws.metrics import Shared, WorkerCounters
 from aws.metrics_http import metrics_listener
 from aws.proctitle import set_title
@@ -66,7 +66,7 @@ class SingleProcess:
         set_title(f"aws: single process, root {root}")
         log.info("aws listening on %s with 1 worker, root %s", self.listeners.names(), root)
         if self.metrics is not None:
-            log.info("metrics on http://%s/metrics", config.metrics)
+            log.info("metrics on %s/metrics", describe(self.metrics[0]))
 
     def run(self) -> int:
         try:

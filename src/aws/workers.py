@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from aws.config import Config
 from aws.limits import check_aio
-from aws.listeners import Listeners, StartupError, open_listeners, restart_needed
+from aws.listeners import Listeners, StartupError, describe, open_listeners, restart_needed
 from aws.metrics import Shared, WorkerCounters
 from aws.metrics_http import metrics_listener, metrics_process
 from aws.proctitle import set_title
@@ -98,7 +98,7 @@ class Supervisor:
             os.path.abspath(config.root),
         )
         if self.metrics_sock is not None:
-            log.info("metrics on http://%s/metrics", config.metrics)
+            log.info("metrics on %s/metrics", describe(self.metrics_sock))
 
     def _spawn_metrics(self) -> None:
         if self.metrics_sock is None or self.shared is None:
