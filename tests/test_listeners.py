@@ -4,11 +4,13 @@ sockets inherited from systemd (LISTEN_FDS), end to end (plain and under the shi
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,48 @@ def _is_open(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_systemd_socket_activate_starts_it_on_the_first_connection(
+    tmp_path: Path, docroot: DocRoot
+) -> None:
+    """systemd's own tool for this (systemd-socket-activate, from the systemd package):
+    it binds, waits for the first connection, then execs the server with fd 3."""
+    tool = shutil.which("systemd-socket-activate")
+    if tool is None:
+        pytest.skip("systemd-socket-activate is not installed (the wrapper test covers it)")
+    port = _free_port()
+    cmd = [tool, "-l", f"127.0.0.1:{port}", sys.executable, "-m", "aws"]
+    cmd += ["--root", str(docroot.path), "--workers", "2", "--port", str(_free_port())]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    srv = ServerProcess(
+        proc=proc, host="127.0.0.1", port=port, mode="", stats_path=None, root=docroot
+    )
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for raw in iter(proc.stderr.readline, b""):
+            srv.log_lines.append(raw.decode("utf-8", "replace"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the tool binds first; until then the port refuses
+            try:
+                data = get_raw(srv.addr, GET, timeout=20)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, srv.log()
+                time.sleep(0.05)
+        assert _ok(data, b"hello\n"), data[:200]
+        assert srv.wait_for_log(f"listening on http://127.0.0.1:{port} with 2 workers", 10)
+        assert _ok(get_raw(srv.addr, DYN), docroot.content("/dynamic/f4097.bin"))
+    finally:
+        assert stop_server(proc) == 0, srv.log()
