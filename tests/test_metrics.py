@@ -248,3 +248,35 @@ def test_slots_fold_into_retired_totals_and_render_parses() -> None:
     assert values[("aws_worker_restarts_total", (("worker", "0"),))] == 1
     assert families["aws_request_duration_seconds"].type == "histogram"
     assert values[("aws_workers_up", ())] == 1
+
+
+def _metrics_pid(srv: ServerProcess) -> int:
+    [pid] = [
+        p
+        for p in srv.worker_pids()
+        if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"aws: metrics")
+    ]
+    return pid
+
+
+def test_signals_to_the_whole_unit_kill_nothing(docroot: DocRoot) -> None:
+    """`systemctl kill -s USR1` (logrotate) or `-s HUP` reach every process of the unit:
+    the metrics process and the workers must survive them."""
+    from tests.conftest import start_server
+
+    mport = _free_port()
+    srv = start_server(
+        docroot.path, docroot=docroot, workers=2, extra=["--metrics", f"127.0.0.1:{mport}"]
+    )
+    try:
+        before = _metrics_pid(srv)
+        os.killpg(srv.pgid, signal.SIGUSR1)
+        os.killpg(srv.pgid, signal.SIGHUP)
+        assert srv.wait_for_log("SIGHUP: reloaded", 10), srv.log()
+        time.sleep(0.5)
+        assert _scrape(mport, "/healthz") == (200, b"ok\n")
+        assert "died" not in srv.log(), srv.log()
+        assert _metrics_pid(srv) == before
+        assert srv.alive()
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()
