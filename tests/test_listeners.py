@@ -261,3 +261,19 @@ def test_systemd_socket_activate_starts_it_on_the_first_connection(
         assert _ok(get_raw(srv.addr, DYN), docroot.content("/dynamic/f4097.bin"))
     finally:
         assert stop_server(proc) == 0, srv.log()
+
+
+def test_resize_keeps_the_port_and_the_first_sockets() -> None:
+    """A reload with another --workers: more sockets on the same port, or fewer."""
+    own = listeners.make_listeners("127.0.0.1", 0, 2, 16)
+    group = listeners.Listeners(own=list(own))
+    try:
+        port = group.port()
+        group.resize(3, 16)
+        assert len(group.own) == 3 and group.own[:2] == own
+        assert {s.getsockname()[1] for s in group.own} == {port}
+        group.resize(1, 16)
+        assert group.own == own[:1] and own[1].fileno() == -1
+        assert group.not_for(0) == [] and group.for_worker(0) == own[:1]
+    finally:
+        group.close()
