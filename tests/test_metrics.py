@@ -280,3 +280,40 @@ def test_signals_to_the_whole_unit_kill_nothing(docroot: DocRoot) -> None:
         assert srv.alive()
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
+
+
+def test_counts_go_on_across_a_reload_in_the_single_process(docroot: DocRoot) -> None:
+    """Two servers share the one slot while the old drains: counters never go back,
+    and the open-connection gauge counts the old server's connections too."""
+    from tests.conftest import start_server
+
+    mport = _free_port()
+    extra = ["--metrics", f"127.0.0.1:{mport}", "--max-connections", "2"]
+    srv = start_server(docroot.path, docroot=docroot, workers=1, extra=extra)
+    try:
+        for _ in range(5):
+            _get(srv, "/static/hello.txt")
+        held = [socket.create_connection(srv.addr) for _ in range(3)]  # the third is refused
+        big = _slow_download(srv.addr, "/static/f67108864.bin")  # also refused: 2 are open
+        _wait_value(mport, "aws_refused_connections_total", 2)
+        for s in held:
+            s.close()
+        big.close()
+        time.sleep(0.3)
+        big = _slow_download(srv.addr, "/static/f67108864.bin")
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGHUP)
+        assert srv.wait_for_log("SIGHUP: reloaded the configuration; 1 connections", 10), srv.log()
+        for _ in range(5):
+            _get(srv, "/static/hello.txt")
+        s = _wait_value(mport, "aws_connections_open", 1, worker="0")
+        assert _value(s, "aws_connections_open", worker="0") == 1  # the old server's download
+        assert _value(s, "aws_requests_total", code="2xx", prefix="static") == 10
+        assert _value(s, "aws_refused_connections_total") == 2
+        assert _value(s, "aws_reloads_total") == 1
+        assert _drain_all(big) > 64 * 1024 * 1024
+        s = _wait_value(mport, "aws_connections_open", 0, worker="0")
+        assert _value(s, "aws_requests_total", code="2xx", prefix="static") == 11
+        assert _value(s, "aws_refused_connections_total") == 2
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()

@@ -18,6 +18,7 @@ Gauges (open connections, AIO reads in flight and queued) are written by the wor
 from __future__ import annotations
 
 import mmap
+import time
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -46,7 +47,7 @@ SUM_US = HIST + len(BUCKETS) + 1
 CONNECTIONS = SUM_US + 1  # gauges from here on: not folded on exit
 AIO_IN_FLIGHT = CONNECTIONS + 1
 AIO_QUEUED = AIO_IN_FLIGHT + 1
-REFUSED = AIO_QUEUED + 1  # a counter, but written whole by the sweep
+REFUSED = AIO_QUEUED + 1  # counters again, added to by the sweep
 ACCEPT_PAUSES = REFUSED + 1
 assert ACCEPT_PAUSES < SLOT_CELLS
 _FOLDED = [*range(REQUESTS, CONNECTIONS), REFUSED, ACCEPT_PAUSES]
@@ -60,12 +61,25 @@ _PREFIX_INDEX = {b"static": 0, b"dynamic": 1}
 
 
 class WorkerCounters:
-    """One worker's slot: what ``Server`` calls per response and per sweep."""
+    """One worker process's slot: what ``Server`` calls per response and per sweep.
 
-    __slots__ = ("cells",)
+    In the single process a reload runs two servers for a while; both count here, and
+    the gauges are the sum over the servers attached.
+    """
+
+    __slots__ = ("cells", "servers")
 
     def __init__(self, cells: memoryview) -> None:
         self.cells = cells
+        self.servers: list[Server] = []
+
+    def attach(self, server: Server) -> None:
+        self.servers.append(server)
+
+    def detach(self, server: Server) -> None:
+        self.sample()  # its last refusals and pauses
+        self.servers.remove(server)
+        self.sample()
 
     def count(self, conn: Connection, duration: float, way: int) -> None:
         cells = self.cells
@@ -79,13 +93,17 @@ class WorkerCounters:
         cells[HIST + bisect_left(BUCKETS, duration)] += 1
         cells[SUM_US] += int(duration * 1_000_000)
 
-    def sample(self, server: Server) -> None:
+    def sample(self) -> None:
         cells = self.cells
-        cells[CONNECTIONS] = len(server.conns)
-        cells[AIO_IN_FLIGHT] = server.aio.ctx.in_flight
-        cells[AIO_QUEUED] = len(server.aio.backlog)
-        cells[REFUSED] = server.refused
-        cells[ACCEPT_PAUSES] = server.pauses
+        servers = self.servers
+        cells[CONNECTIONS] = sum(len(s.conns) for s in servers)
+        cells[AIO_IN_FLIGHT] = sum(s.aio.ctx.in_flight for s in servers)
+        cells[AIO_QUEUED] = sum(len(s.aio.backlog) for s in servers)
+        for s in servers:  # counters: add what is new since the last sample
+            reported = s.reported
+            cells[REFUSED] += s.refused - reported[0]
+            cells[ACCEPT_PAUSES] += s.pauses - reported[1]
+            reported[0], reported[1] = s.refused, s.pauses
 
 
 class Shared:
@@ -153,26 +171,33 @@ class Shared:
     # -- the reader's side ---------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """Every slot summed per worker index, retried while a fold is under way."""
+        """Every slot summed per worker index, read again if a fold was under way (a
+        fold is a few hundred stores: the retry is for the rare overlap)."""
         header = self.header
+        snap = self._read()
         for _ in range(100):
             seq = header[SEQ]
-            if seq & 1:
-                continue
-            snap = Snapshot(bool(header[DRAINING]))
-            snap.reloads = header[RELOADS]
-            for index in range(MAX_INDEX):
-                snap.add(index, self.retired(index), live=False)
-            for n in range(self.slots):
-                cells = self.live(n)
-                if cells[PID] > 1:
-                    snap.add(int(cells[INDEX]), cells, live=True)
-            for index in range(MAX_INDEX):
-                restarts = header[RESTARTS + index]
-                if restarts:
-                    snap.restarts[index] = restarts
-            if header[SEQ] == seq:
-                return snap
+            if not seq & 1:
+                snap = self._read()
+                if header[SEQ] == seq:
+                    break
+            time.sleep(0.0001)
+        return snap
+
+    def _read(self) -> Snapshot:
+        header = self.header
+        snap = Snapshot(bool(header[DRAINING]))
+        snap.reloads = header[RELOADS]
+        for index in range(MAX_INDEX):
+            snap.add(index, self.retired(index), live=False)
+        for n in range(self.slots):
+            cells = self.live(n)
+            if cells[PID] > 1:
+                snap.add(int(cells[INDEX]), cells, live=True)
+        for index in range(MAX_INDEX):
+            restarts = header[RESTARTS + index]
+            if restarts:
+                snap.restarts[index] = restarts
         return snap
 
 

@@ -106,6 +106,9 @@ class Server:
         if config.access_log:
             self.access_log = AccessLog(config.access_log, config.log_format, worker)
         self.counters = counters
+        self.reported = [0, 0]  # refused, pauses: as far as the counters have them
+        if counters is not None:
+            counters.attach(self)
         self.on_response = self._response_hook()
         # What to do once a drain has no connection left (a reload replaces it).
         self.on_drained: Callable[[], None] = loop.stop
@@ -211,7 +214,7 @@ class Server:
             return
         self.date.refresh()
         if self.counters is not None:
-            self.counters.sample(self)
+            self.counters.sample()
         now = self.loop.now
         for conn in [c for c in self.conns if c.deadline is not None and c.deadline <= now]:
             try:
@@ -281,7 +284,7 @@ class Server:
         self.static.close()
         self.dynamic.close()
         if self.counters is not None:
-            self.counters.sample(self)
+            self.counters.detach(self)
         if self.access_log is not None:
             self.access_log.close()
 
