@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
@@ -69,7 +70,7 @@ def test_json_names_the_way_each_body_went_out(
         assert r["remote"] == "127.0.0.1" and r["method"] == "GET"
         assert r["user_agent"] == "probe/2" and r["worker"] in (0, 1)
         assert 0 <= r["duration"] < 10
-        stamp = time.mktime(time.strptime(r["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        stamp = calendar.timegm(time.strptime(r["time"][:19], "%Y-%m-%dT%H:%M:%S"))
         assert t0 - 2 <= stamp <= time.time() + 1
     assert [r["status"] for r in records] == [200, 200, 200, 404]
     assert [r["bytes"] for r in records] == [4096, 1024 * 1024 + 3, 6, 0]

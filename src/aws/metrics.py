@@ -261,7 +261,9 @@ def _render(snap: Snapshot) -> Iterator[str]:
     for i, way in enumerate(WAYS):
         yield _series("aws_responses_by_way_total", {"way": way}, snap.total(RESPONSES + i))
     name = "aws_request_duration_seconds"
-    yield _family(name, "histogram", "From the response's decision to its last byte.")
+    yield _family(
+        name, "histogram", "From the loop turn that decided a response to its last byte sent."
+    )
     cumulative = 0
     for i, le in enumerate((*BUCKETS, float("inf"))):
         cumulative += snap.total(HIST + i)
