@@ -122,7 +122,11 @@ def test_reload_every_second_under_load_loses_nothing(
     assert _reloads(srv) == 10
     assert not load.errors, load.errors[:5]
     assert not prober.errors, prober.errors[:5]
+    print(f"{load.done} keep-alive requests ({load.retried} resent), {prober.count} fresh")
     assert load.done > 100 and prober.count > 20
+    # Old workers keep their idle keep-alive connections for one more request (answered
+    # with Connection: close): no client ever had a connection closed under its request.
+    assert load.retried == 0
     for d, path in zip(downloads, BIG, strict=True):
         assert d.error is None, d.error
         assert d.length == len(docroot.content(path))
@@ -167,3 +171,45 @@ def test_a_config_that_fails_keeps_the_old_workers_and_a_good_one_is_applied(
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
     assert (logs / "access.log").read_text().count(" 200 ") == 2
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_an_idle_keep_alive_connection_gets_one_more_answer(workers: int, docroot: DocRoot) -> None:
+    """A connection idle across a reload is not closed under its client: its next request
+    is answered (by the old configuration), with Connection: close, and then it ends."""
+    from tests.conftest import RawClient, start_server
+
+    srv = start_server(docroot.path, docroot=docroot, workers=workers)
+    try:
+        with RawClient(srv.addr) as client:
+            client.send(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers, body = client.response()
+            assert status == 200 and headers.get("connection") != "close"
+            _hup_and_wait(srv)
+            time.sleep(0.3)  # the old worker has had the time to start its drain
+            client.send(b"GET /dynamic/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers, body = client.response()
+            assert (status, body) == (200, b"hello\n")
+            assert headers.get("connection") == "close"
+            assert client.closed_by_peer()
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_a_stop_right_after_a_reload_does_not_wait_for_idle_connections(
+    workers: int, docroot: DocRoot
+) -> None:
+    from tests.conftest import RawClient, start_server
+
+    srv = start_server(docroot.path, docroot=docroot, workers=workers)
+    with RawClient(srv.addr) as client:
+        client.send(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert client.response()[0] == 200
+        _hup_and_wait(srv)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert stop_server(srv.proc) == 0, srv.log()
+        assert time.monotonic() - t0 < 5, "the stop waited for an idle keep-alive connection"
+        assert client.closed_by_peer()
+    assert "second signal" not in srv.log()

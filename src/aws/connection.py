@@ -64,6 +64,9 @@ class Worker(Protocol):
     aio: AioReader
     caches: Mapping[bytes | None, FileCache]
     draining: bool
+    # Draining for a reload: a response sent as keep-alive keeps that promise for one
+    # more request (answered with Connection: close) instead of a close under the client.
+    keep_promised: bool
     # Called once per response, before its body is released (None: nobody asked).
     on_response: Callable[[Connection], None] | None
 
@@ -440,7 +443,9 @@ class Connection:
         if finish is not None:
             finish(self)
         self._release_body()
-        if not self.keep_alive or server.draining:
+        if (not self.keep_alive or server.draining) and not (
+            self.keep_alive and server.keep_promised  # a reload's drain: once more
+        ):
             if (self.framer.buf or self.linger) and not self.eof:
                 self._start_linger()
             else:

@@ -69,6 +69,7 @@ class Server:
         self.date = heads.DateCache()
         self.conns: set[Connection] = set()
         self.draining = False
+        self.keep_promised = False
         self.accept_paused = False
         self.refused = 0
         self.pauses = 0
@@ -240,31 +241,43 @@ class Server:
 
     # -- shutting down -------------------------------------------------------------------
 
-    def drain(self) -> None:
-        """Stop accepting, close idle connections, let transfers in flight finish."""
+    def drain(self, keep_idle: bool = False) -> None:
+        """Stop accepting and let transfers in flight finish.
+
+        Idle keep-alive connections are closed now, or with ``keep_idle`` (a reload)
+        kept until their next request, answered with ``Connection: close``, or their
+        keep-alive timeout: a client that sends on a connection just closed under it
+        has to resend, one answered with ``close`` just reconnects.
+        """
         if self.draining:
+            if not keep_idle:
+                self.keep_promised = False
+                self._drain_connections(False)  # a stop after a reload: no more waiting
             return
         self.draining = True
+        self.keep_promised = keep_idle
         self._close_listeners()
-        self._drain_connections()
+        self._drain_connections(keep_idle)
 
     def hand_over(self) -> list[socket.socket]:
-        """A reload in this process: stop accepting and drain as :meth:`drain` does, but
-        give the listening sockets (still open) to the next server instead of closing them."""
+        """A reload in this process: stop accepting and drain as ``drain(keep_idle=True)``
+        does, but give the listening sockets (still open) to the next server."""
         socks = [acceptor.sock for acceptor in self.acceptors]
         for sock in socks:
             self.loop.remove(sock.fileno())
         self.acceptors = []
         self.draining = True
-        self._drain_connections()
+        self.keep_promised = True
+        self._drain_connections(True)
         return socks
 
-    def _drain_connections(self) -> None:
-        # Idle keep-alive connections go now. One accepted but with no request yet stays:
-        # its client is sending, and it gets its answer (with Connection: close) rather
-        # than a reset (within --header-timeout).
-        for conn in [c for c in self.conns if c.idle and c.requests]:
-            conn.close()
+    def _drain_connections(self, keep_idle: bool) -> None:
+        # One accepted but with no request yet always stays: its client is sending, and
+        # it gets its answer (with Connection: close), not a reset (within
+        # --header-timeout).
+        if not keep_idle:
+            for conn in [c for c in self.conns if c.idle and c.requests]:
+                conn.close()
         if not self.conns:
             self._drained()
 

@@ -39,9 +39,12 @@ log = logging.getLogger("aws.worker")
 
 EXIT_FATAL = 3  # the worker cannot start (e.g. io_setup failed): do not restart it
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# From the supervisor at a reload: drain, keeping idle keep-alive connections until their
+# next request (answered with Connection: close) or their timeout.
+RETIRE = signal.SIGUSR2
 # Blocked until the watcher is in place: their default action would kill the worker.
 # Under a supervisor SIGHUP stays blocked in the worker: reloading is the supervisor's job.
-WATCHED = STOP_SIGNALS | {signal.SIGUSR1, signal.SIGHUP}
+WATCHED = STOP_SIGNALS | {signal.SIGUSR1, signal.SIGHUP, RETIRE}
 
 
 class SignalWatcher:
@@ -59,6 +62,7 @@ class SignalWatcher:
         signal.signal(signal.SIGINT, self._note if interrupt else signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, self._note)  # logrotate's postrotate: reopen the logs
         signal.signal(signal.SIGHUP, self._note)  # reload (the single process only)
+        signal.signal(RETIRE, self._note)
         loop.add(self._r.fileno(), EPOLLIN, self)
 
     def _note(self, signum: int, frame: object) -> None:
@@ -133,6 +137,7 @@ class Serving:
         self.reload = reload
         self.retiring: set[Server] = set()
         self.stopping = False
+        self.retiring_gently = False
         self.orphaned = False
         server.on_drained = self._check_done
 
@@ -145,6 +150,10 @@ class Serving:
             return
         if signo == signal.SIGHUP:
             self._reload()
+            return
+        if signo == RETIRE:
+            log.debug("worker %d: retiring after a reload", index)
+            self.drain(keep_idle=True)
             return
         supervisor = self.supervisor
         if supervisor is not None and not self.orphaned and os.getppid() != supervisor:
@@ -161,7 +170,7 @@ class Serving:
             )
             self.drain()
             return
-        if self.stopping:
+        if self.stopping and not self.retiring_gently:
             log.info("worker %d: second signal, exiting now", index)
             self.loop.stop()
             return
@@ -173,15 +182,25 @@ class Serving:
             )
         self.drain()
 
-    def drain(self) -> None:
-        if self.metrics is not None:
+    def drain(self, keep_idle: bool = False) -> None:
+        """Stop; ``keep_idle`` (retiring at a reload) lets idle keep-alive connections
+        come back once more. A stop while retiring closes them after all."""
+        if self.metrics is not None and not keep_idle:
             self.metrics[1].set_draining(True)
         if self.stopping:
+            if self.retiring_gently and not keep_idle:
+                self.retiring_gently = False
+                self.server.drain()
+                for old in self.retiring:
+                    old.drain()
             return
         self.stopping = True
+        self.retiring_gently = keep_idle
         server = self.server
         log.debug("worker %d: draining %d connections", self.index, self.connections())
-        server.drain()
+        server.drain(keep_idle)
+        for old in self.retiring:
+            old.drain()
         self.loop.call_later(server.config.drain_timeout, self._timeout)
         self._check_done()
 
@@ -218,7 +237,7 @@ class Serving:
         except Exception as exc:
             log.exception("SIGHUP: reload failed (%r); serving on with the old", exc)
             return
-        old.hand_over()
+        old.hand_over()  # keeps its idle keep-alive connections for one more request
         fresh.start_accepting()
         fresh.on_drained = self._check_done
         self.server = fresh

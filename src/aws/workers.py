@@ -26,11 +26,14 @@ from aws.listeners import Listeners, StartupError, describe, open_listeners, res
 from aws.metrics import Shared, WorkerCounters
 from aws.metrics_http import metrics_listener, metrics_process
 from aws.proctitle import set_title
-from aws.worker import EXIT_FATAL, worker_process
+from aws.worker import EXIT_FATAL, RETIRE, worker_process
 
 log = logging.getLogger("aws.workers")
 
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP}
+# Blocked too, though the supervisor never waits for it: a worker forked with it blocked
+# takes it only once its watcher is in place (its default action would kill it).
+_BLOCKED = _SIGNALS | {RETIRE}
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0  # a worker up this long resets its back-off
@@ -85,7 +88,7 @@ class Supervisor:
         for i in range(config.workers):
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
             self.slots.append(WorkerSlot(i, cpu))
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
         self._spawn_metrics()
         for slot in self.slots:
@@ -288,7 +291,7 @@ class Supervisor:
             if slot.pid:
                 self.retiring.append(slot)
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGTERM)
+                    os.kill(slot.pid, RETIRE)
         if self.shared is not None:
             self.shared.reloaded()
         log.info(
