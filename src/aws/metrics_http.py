@@ -173,7 +173,7 @@ def metrics_process(sock: socket.socket, shared: Shared, supervisor: int) -> Non
         signal.signal(signal.SIGTERM, lambda signo, frame: os._exit(0))  # nothing to flush
         # Ctrl-C, logrotate's USR1 and a reload's HUP are the supervisor's to act on (and
         # `systemctl kill` sends them to every process of the unit).
-        for signo in (signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+        for signo in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
             signal.signal(signo, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
