@@ -3,7 +3,9 @@ sockets inherited from systemd (LISTEN_FDS), end to end (plain and under the shi
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -52,11 +54,19 @@ def test_unix_socket_beside_tcp_with_its_mode(
     mode: str, request: pytest.FixtureRequest, tmp_path: Path, docroot: DocRoot
 ) -> None:
     path = tmp_path / "aws.sock"
-    extra = ["--unix", str(path), "--unix-mode", "600"]
+    # As root, hand it to another user; otherwise to ourselves (allowed, and still parsed).
+    if os.geteuid() == 0:
+        owner = "nobody:nogroup"
+        uid, gid = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
+    else:
+        uid, gid = os.getuid(), os.getgid()
+        owner = f"{uid}:{gid}"
+    extra = ["--unix", str(path), "--unix-mode", "600", "--unix-owner", owner]
     srv = start_in(mode, request, tmp_path, docroot, workers=2, extra=extra)
     try:
         st = path.stat()
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert (st.st_uid, st.st_gid) == (uid, gid)
         assert f"and unix:{path} with 2 workers" in srv.log()
         for _ in range(8):  # both workers accept from the one socket
             assert _ok(get_raw(str(path), GET, socket.AF_UNIX), b"hello\n")
