@@ -68,7 +68,7 @@ def test_unix_socket_beside_tcp_with_its_mode(
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
         assert (st.st_uid, st.st_gid) == (uid, gid)
         assert f"and unix:{path} with 2 workers" in srv.log()
-        for _ in range(8):  # both workers accept from the one socket
+        for _ in range(8):  # one socket, polled by both workers
             assert _ok(get_raw(str(path), GET, socket.AF_UNIX), b"hello\n")
             assert _ok(
                 get_raw(str(path), DYN, socket.AF_UNIX), docroot.content("/dynamic/f4097.bin")
