@@ -194,6 +194,7 @@ def test_the_single_process_serves_its_own_metrics(docroot: DocRoot) -> None:
         assert _scrape(mport, "/nope")[0] == 404
         data = get_raw(("127.0.0.1", mport), b"POST /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 405 ")
+        assert srv.wait_for_log(r"metrics listener: 405 Method Not Allowed for b'POST", 5)
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
 

@@ -71,6 +71,8 @@ def respond(head: bytes, snapshot: Callable[[], Snapshot]) -> bytes:
         )
     else:
         status, body, ctype = "404 Not Found", "/metrics or /healthz\n", "text/plain"
+    if not status.startswith(("200", "503")):
+        log.info("metrics listener: %s for %r", status, head[:100])
     data = body.encode()
     head_out = (
         f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"

@@ -287,8 +287,9 @@ def worker_process(
 ) -> None:
     """Entry point in the forked child: never returns.
 
-    Called with the supervisor's signal mask (SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGHUP
-    blocked); ``inherited`` are the other workers' listeners, which this one must not hold.
+    Called with the supervisor's signal mask (SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGUSR2,
+    SIGHUP blocked); ``inherited`` are the other workers' listeners and sockets this one
+    must not hold.
     """
     status = 1
     try:
