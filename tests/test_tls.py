@@ -13,7 +13,7 @@ import pytest
 
 from aws import tls
 from aws.config import Config
-from aws.workers import StartupError, check_tls
+from aws.listeners import StartupError, check_tls
 from tests.tls_helpers import Certs, make_certs
 
 

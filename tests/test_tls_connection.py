@@ -50,7 +50,7 @@ class TlsHarness:
         self.plain = socket.create_server(("127.0.0.1", 0))
         self.secure = socket.create_server(("127.0.0.1", 0))
         config = Config(root=str(root.path), tls_cert=str(certs.cert), tls_key=str(certs.key))
-        self.server = Server(config, self.loop, self.plain, self.secure)
+        self.server = Server(config, self.loop, self.plain, tls_listeners=(self.secure,))
         assert self.server.tls is not None
         ours, self.client = socket.socketpair()
         ours.setblocking(False)

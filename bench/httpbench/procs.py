@@ -192,7 +192,7 @@ def running(ctx: Context, spec: ServerSpec) -> Iterator[tuple[int, int]]:
     finally:
         was_alive = srv.proc.poll() is None
         code = stop(srv.proc)
-        if spec.name == "aws" and was_alive:
+        if spec.name.startswith("aws") and was_alive:
             note_shutdown(ctx, code, srv.output())
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .growth import growth_lines
 from .procs import SERVER_CPU, run_cmd
-from .servers import Context, ServerSpec
+from .servers import NO_PEERS, Context, ServerSpec
 from .workloads import WORKLOADS, Workload
 from .wrk import CLIENT_BOUND_PCT, CLIENT_CPU, NOISY_PCT, Outcome, Sample
 
@@ -155,7 +155,7 @@ def cell_text(
     nginx: float | str | None,
 ) -> str:
     """One median cell; servers skipped in preflight say why instead of staying blank."""
-    if wl.aws_nginx_only and spec.name not in ("aws", "nginx"):
+    if wl.aws_nginx_only and spec.name not in NO_PEERS:
         return "—"
     if status.get(spec.name):
         return f"{short_status(status[spec.name] or '')} (see notes)"

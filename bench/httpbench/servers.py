@@ -183,6 +183,12 @@ def aws_argv(ctx: Context, port: int) -> list[str]:
     return [sys.executable, "-m", "aws", *opts, "--root", str(ctx.root)]
 
 
+def aws_metrics_argv(ctx: Context, port: int) -> list[str]:
+    """aws with its metrics on (counting every response in shared memory; nobody scrapes)
+    and the access log off: the row to compare with ``aws`` for the cost of counting."""
+    return [*aws_argv(ctx, port), "--metrics", "127.0.0.1:0"]
+
+
 def http_server_argv(ctx: Context, port: int) -> list[str]:
     """Stdlib baseline: what `python -m http.server` gives with zero effort."""
     opts = f"{port} --bind 127.0.0.1".split()
@@ -236,6 +242,14 @@ SERVERS: tuple[ServerSpec, ...] = (
         name="aws", python_peer=False, modules=(), argv=aws_argv, env=aws_env, announces=True
     ),
     ServerSpec(
+        name="aws+metrics",
+        python_peer=False,
+        modules=(),
+        argv=aws_metrics_argv,
+        env=aws_env,
+        announces=True,
+    ),
+    ServerSpec(
         name="http.server", python_peer=True, modules=("http.server",), argv=http_server_argv
     ),
     ServerSpec(name="aiohttp", python_peer=True, modules=("aiohttp",), argv=aiohttp_argv),
@@ -256,10 +270,13 @@ SERVERS: tuple[ServerSpec, ...] = (
 )
 
 
+NO_PEERS = ("aws", "aws+metrics", "nginx")  # the servers that can do the dynamic workloads
+
+
 def servers_for(wl: Workload, specs: Sequence[ServerSpec]) -> list[ServerSpec]:
     """Dynamic workloads are only meaningful for aws and nginx (the peers have no O_DIRECT)."""
     if wl.aws_nginx_only:
-        return [s for s in specs if s.name in ("aws", "nginx")]
+        return [s for s in specs if s.name in NO_PEERS]
     return list(specs)
 
 

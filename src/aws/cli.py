@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from aws import config, configfile, errorpages
 from aws.config import Config
-from aws.workers import SingleProcess, StartupError, Supervisor
+from aws.limits import raise_nofile
+from aws.listeners import StartupError
+from aws.logs import setup_stderr
+from aws.single import SingleProcess
+from aws.workers import Supervisor
 
 log = logging.getLogger("aws")
 
@@ -17,8 +24,19 @@ log = logging.getLogger("aws")
 _METAVARS = {config.seconds: "S", config.positive_int: "N", int: "N"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+class ConfigError(StartupError):
+    """The configuration does not load; the message is one line for the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser(
+    cls: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    p = cls(
         prog="python -m aws",
         description="aws, the asynchronous web server: serves ROOT/static/ with sendfile "
         "and ROOT/dynamic/ with Linux native AIO, one epoll worker per CPU.",
@@ -61,38 +79,51 @@ class _Append(argparse.Action):
         setattr(namespace, self.dest, (*current, values))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def load_config(argv: Sequence[str] | None) -> Config:
+    """The whole configuration, from the command line and the --config file it names;
+    called at start and again on every SIGHUP (a reload re-reads everything, the file
+    included). Raises :class:`ConfigError`."""
+    parser = build_parser(_Parser)
     args = parser.parse_args(argv)
     if args.config:
         try:
             parser.set_defaults(**configfile.load(args.config))
         except configfile.ConfigFileError as exc:
-            print(f"aws: {exc}", file=sys.stderr)
-            return 2
+            raise ConfigError(str(exc)) from None
         args = parser.parse_args(argv)  # the flags given override the file
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s aws[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     root = os.path.abspath(args.root)
     if not os.path.isdir(root):
-        print(f"aws: document root {root} is not a directory", file=sys.stderr)
-        return 2
+        raise ConfigError(f"document root {root} is not a directory")
+    if args.access_log not in (None, "-"):
+        folder = os.path.dirname(os.path.abspath(args.access_log))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"access log folder {folder} does not exist")
     values = {f.name: getattr(args, f.name) for f in config.flags()}
     settings = Config(**{**values, "root": root})
     if settings.error_pages:
         try:
             errorpages.load(root, settings.error_pages)
         except errorpages.PageError as exc:
-            print(f"aws: --error-pages: {exc}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--error-pages: {exc}") from None
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    try:
+        settings = load_config(argv)
+    except ConfigError as exc:
+        print(f"aws: {exc}", file=sys.stderr)
+        return 2
+    setup_stderr(settings.log_level)
+    raise_nofile(settings)
     server: SingleProcess | Supervisor
+    reload = functools.partial(load_config, list(argv))
     if settings.workers == 1:
-        server = SingleProcess(settings)
+        server = SingleProcess(settings, reload)
     else:
-        server = Supervisor(settings, sorted(os.sched_getaffinity(0)))
+        server = Supervisor(settings, sorted(os.sched_getaffinity(0)), reload)
     try:
         server.start()
     except StartupError as exc:

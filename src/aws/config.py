@@ -85,6 +85,13 @@ _OWN_FIELDS = frozenset(
 )
 
 
+def octal_mode(text: str) -> int:
+    value = int(text, 8)
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError("must be an octal file mode such as 660")
+    return value
+
+
 def option(
     default: Any = MISSING,
     *,
@@ -117,6 +124,15 @@ def _cpus() -> int:
 class Config:
     host: str = option("0.0.0.0", help="address to listen on")
     port: int = option(8888, parse=int, help="TCP port (0 picks a free one)")
+    unix: str | None = option(
+        None, metavar="PATH", help="also listen on a Unix domain socket at PATH"
+    )
+    unix_mode: int = option(
+        0o660, parse=octal_mode, metavar="MODE", help="file mode of the --unix socket, octal"
+    )
+    unix_owner: str | None = option(
+        None, metavar="USER[:GROUP]", help="owner of the --unix socket (needs the right)"
+    )
     root: str = option(".", help="document root holding static/ and dynamic/")
     workers: int = option(
         default_factory=_cpus,
@@ -141,6 +157,18 @@ class Config:
         None,
         metavar="PATH|-",
         help="write an access log line per response to PATH, or stdout for -",
+    )
+    log_format: str = option(
+        "common",
+        choices=("common", "combined", "json"),
+        help="access log lines: common (NCSA), combined (with referer and user agent) or "
+        "json (one object a line, with duration, worker and the way the body went out)",
+    )
+    metrics: str | None = option(
+        None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (/metrics) and a health check (/healthz) on "
+        "their own listener there (off by default)",
     )
     header_timeout: float = option(
         10.0, parse=seconds, help="seconds for a complete request head, else 408"
@@ -197,7 +225,8 @@ class Config:
     plain: str = option(
         "on",
         choices=("on", "off"),
-        help="plain HTTP on --port; off: HTTPS only, on --tls-port (needs --tls-cert)",
+        help="plain HTTP on --host/--port (off: only HTTPS on --tls-port, --unix, or "
+        "sockets from systemd)",
     )
     tls_chunk: int = 256 * 1024  # bytes read and handed to SSL_write at a time (no kTLS)
     tls_buffers: int = 16  # idle TLS read buffers a worker keeps for reuse

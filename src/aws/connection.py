@@ -66,15 +66,18 @@ class Worker(Protocol):
     caches: Mapping[bytes | None, FileCache]
     draining: bool
     bulk: int  # long transfers in progress: they share each loop turn's byte budget
-    access_log: object | None
-
-    def log_access(self, conn: Connection) -> None: ...
+    # Draining for a reload: a response sent as keep-alive keeps that promise for one
+    # more request (answered with Connection: close) instead of a close under the client.
+    keep_promised: bool
+    # Called once per response, before its body is released (None: nobody asked).
+    on_response: Callable[[Connection], None] | None
 
     def closed(self, conn: Connection) -> None: ...
 
 
 class Connection:
     __slots__ = (
+        "began",
         "body",
         "bulk",
         "busy",
@@ -128,6 +131,7 @@ class Connection:
         self.stop = 0
         self.status = 0
         self.sent = 0
+        self.began = 0.0  # loop time the current response was decided (for its duration)
         self.corked = False
         self.bulk = False  # a long transfer: counted in the worker's fair share of a turn
         self.warm_to = 0  # the file is known to be in the page cache up to here
@@ -350,18 +354,20 @@ class Connection:
     # -- sending -------------------------------------------------------------------------
 
     def _start(self, reply: respond.Reply) -> None:
+        server = self.server
+        self.began = server.loop.now
         self.status = reply.status
         self.out = reply.head
         res = self.res = reply.res
         if res is None:
             self.path = ""
+            self.sent = 0  # the error body is part of the head: no file bytes
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
         start = self.pos = reply.start
         stop = self.stop = reply.stop
         self.sent = 0
-        server = self.server
         long = stop - start >= transfer.CORK_ABOVE
         if long:
             self.bulk = True
@@ -570,11 +576,14 @@ class Connection:
         if self.corked:
             self.corked = False
             transfer.uncork(self.sock)
-        self._release_body()
         server = self.server
-        if server.access_log is not None:
-            server.log_access(self)
-        if not self.keep_alive or server.draining:
+        finish = server.on_response
+        if finish is not None:
+            finish(self)
+        self._release_body()
+        if (not self.keep_alive or server.draining) and not (
+            self.keep_alive and server.keep_promised  # a reload's drain: once more
+        ):
             if (self.framer.buf or self.linger) and not self.eof:
                 self._start_linger()
             else:

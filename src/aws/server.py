@@ -14,16 +14,20 @@ import resource
 import socket
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING
 
 from aws import errorpages, heads, sitepolicy
 from aws.aio import AioReader
 from aws.config import Config
 from aws.connection import Connection
 from aws.files import FileCache
+from aws.logs import AccessLog, way_of
 from aws.loop import EPOLLIN, Loop
 from aws.respond import AIO, SENDFILE
 from aws.tls_connection import TlsConnection, TlsSide
+
+if TYPE_CHECKING:
+    from aws.metrics import WorkerCounters
 
 log = logging.getLogger("aws.server")
 
@@ -33,23 +37,51 @@ ACCEPT_PAUSE = 0.1  # after EMFILE/ENFILE: stop polling the listener this long
 _PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
+Make = Callable[["Server", socket.socket, object], Connection]
+
+
+class Acceptor:
+    """One listening socket in the loop (TCP, Unix, inherited from systemd, or the TLS
+    port), and how its accepted sockets become connections."""
+
+    __slots__ = ("make", "server", "sock")
+
+    def __init__(self, server: Server, sock: socket.socket, make: Make = Connection) -> None:
+        self.server = server
+        self.sock = sock
+        self.make = make
+
+    def on_event(self, events: int) -> None:
+        self.server.accept(self.sock, self.make)
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("accepting failed: %r", exc)
+
+
 class Server:
     def __init__(
         self,
         config: Config,
         loop: Loop,
-        listener: socket.socket | None,
-        tls_listener: socket.socket | None = None,
+        *listeners: socket.socket,
+        tls_listeners: tuple[socket.socket, ...] = (),
+        worker: int = 0,
+        counters: WorkerCounters | None = None,
+        accepting: bool = True,
     ) -> None:
         self.config = config
         self.loop = loop
-        self.listener: socket.socket | None = listener
-        # HTTPS beside the plain port: its own listener, context and buffers.
-        self.tls: TlsSide | None = TlsSide(config) if tls_listener is not None else None
-        self.tls_accept: TlsAcceptor | None = None
+        self.worker = worker
+        self.acceptors = [Acceptor(self, sock) for sock in listeners]
+        # HTTPS beside (or instead of) plain HTTP: its own listener, context and buffers.
+        self.tls: TlsSide | None = TlsSide(config) if tls_listeners else None
+        if self.tls is not None:
+            make = _tls_maker(self.tls)
+            self.acceptors += [Acceptor(self, sock, make) for sock in tls_listeners]
         self.date = heads.DateCache()
         self.conns: set[Connection] = set()
         self.draining = False
+        self.keep_promised = False
         self.bulk = 0  # long transfers in progress (they share each turn's byte budget)
         self.accept_paused = False
         self.refused = 0
@@ -61,13 +93,13 @@ class Server:
         cached = max(
             1, min(config.open_file_cache, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 8)
         )
-        # Checked by the command line before any worker starts.
-        pages = errorpages.load(root, config.error_pages) if config.error_pages else {}
         common = {
             "max_entries": cached,
             "valid": config.open_file_valid,
             "symlinks": config.symlinks,
         }
+        # Checked by the command line before any worker starts.
+        pages = errorpages.load(root, config.error_pages) if config.error_pages else {}
         self.static = FileCache(
             root,
             "static",
@@ -94,29 +126,62 @@ class Server:
         self.aio = AioReader(
             loop, config.aio_maxevents, config.aio_chunk, keep_buffers=4 * config.aio_depth
         )
-        self.access_log: TextIO | None = None
-        if config.access_log == "-":
-            self.access_log = os.fdopen(os.dup(1), "w", buffering=1)
-        elif config.access_log:
-            self.access_log = open(config.access_log, "a", buffering=1)  # noqa: SIM115
-        if listener is not None:  # None: HTTPS only (--plain off)
-            listener.setblocking(False)
-            loop.add(listener.fileno(), EPOLLIN, self)
-        if tls_listener is not None:
-            tls_listener.setblocking(False)
-            self.tls_accept = TlsAcceptor(self, tls_listener)
-            loop.add(tls_listener.fileno(), EPOLLIN, self.tls_accept)
+        self.access_log: AccessLog | None = None
+        if config.access_log:
+            self.access_log = AccessLog(config.access_log, config.log_format, worker)
+        self.counters = counters
+        self.reported = [0, 0]  # refused, pauses: as far as the counters have them
+        if counters is not None:
+            counters.attach(self)
+        self.on_response = self._response_hook()
+        # What to do once a drain has no connection left (a reload replaces it).
+        self.on_drained: Callable[[], None] = loop.stop
+        self._closed = False
+        self._drain_done = False
+        if accepting:
+            self.start_accepting()
         loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        """The listening sockets, plain HTTP then TLS (a reload hands them on)."""
+        plain = [a.sock for a in self.acceptors if a.make is Connection]
+        return plain, [a.sock for a in self.acceptors if a.make is not Connection]
+
+    def start_accepting(self) -> None:
+        for acceptor in self.acceptors:
+            acceptor.sock.setblocking(False)
+            self.loop.add(acceptor.sock.fileno(), EPOLLIN, acceptor)
+
+    def _response_hook(self) -> Callable[[Connection], None] | None:
+        """One bound call per response, or None: nothing at all when both are off."""
+        access_log, counters = self.access_log, self.counters
+        if access_log is None and counters is None:
+            return None
+        clock = time.monotonic
+
+        def log_only(conn: Connection) -> None:
+            access_log.write(conn, clock() - conn.began, way_of(conn))  # type: ignore[union-attr]
+
+        def count_only(conn: Connection) -> None:
+            counters.count(conn, clock() - conn.began, way_of(conn))  # type: ignore[union-attr]
+
+        def both(conn: Connection) -> None:
+            duration, way = clock() - conn.began, way_of(conn)
+            access_log.write(conn, duration, way)  # type: ignore[union-attr]
+            counters.count(conn, duration, way)  # type: ignore[union-attr]
+
+        if counters is None:
+            return log_only
+        return count_only if access_log is None else both
+
+    def reopen_logs(self) -> None:
+        if self.access_log is not None:
+            self.access_log.reopen()
+            log.info("worker %d: reopened the access log %s", self.worker, self.config.access_log)
 
     # -- accepting -----------------------------------------------------------------------
 
-    def on_event(self, events: int) -> None:
-        if self.listener is not None:
-            self.accept(self.listener, Connection)
-
-    def accept(
-        self, listener: socket.socket, make: Callable[[Server, socket.socket, object], Connection]
-    ) -> None:
+    def accept(self, listener: socket.socket, make: Make = Connection) -> None:
         conns = self.conns
         limit = self.config.max_connections
         family = listener.family
@@ -153,13 +218,10 @@ class Server:
                 log.exception("%r failed", conn)
                 conn.close()
 
-    def on_error(self, exc: BaseException) -> None:
-        log.error("accepting failed: %r", exc)
-
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors: a level-triggered listener would wake us forever, so stop
         polling it for a moment and keep serving the connections we have."""
-        if self.accept_paused or not self._listeners():
+        if self.accept_paused or not self.acceptors:
             return
         self.pauses += 1
         if self.pauses & (self.pauses - 1) == 0:  # log at powers of two, not 10 times a second
@@ -170,31 +232,23 @@ class Server:
                 self.pauses,
             )
         self.accept_paused = True
-        for sock in self._listeners():
-            self.loop.modify(sock.fileno(), 0)
+        for acceptor in self.acceptors:
+            self.loop.modify(acceptor.sock.fileno(), 0)
         self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         self.accept_paused = False
-        for sock in self._listeners():
-            self.loop.modify(sock.fileno(), EPOLLIN)
-
-    def _listeners(self) -> list[socket.socket]:
-        tls = self.tls_accept.listener if self.tls_accept is not None else None
-        return [sock for sock in (self.listener, tls) if sock is not None]
-
-    def _close_listeners(self) -> None:
-        for sock in self._listeners():
-            self.loop.remove(sock.fileno())
-            sock.close()
-        self.listener = None
-        if self.tls_accept is not None:
-            self.tls_accept.listener = None
+        for acceptor in self.acceptors:
+            self.loop.modify(acceptor.sock.fileno(), EPOLLIN)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _sweep(self) -> None:
+        if self._closed:
+            return
         self.date.refresh()
+        if self.counters is not None:
+            self.counters.sample()
         now = self.loop.now
         for conn in [c for c in self.conns if c.deadline is not None and c.deadline <= now]:
             try:
@@ -207,7 +261,7 @@ class Server:
     def closed(self, conn: Connection) -> None:
         self.conns.discard(conn)
         if self.draining and not self.conns:
-            self.loop.stop()
+            self._drained()
 
     def _buffered_once(self, directory: str) -> None:
         if directory not in self._buffered_logged:
@@ -218,31 +272,57 @@ class Server:
                 directory,
             )
 
-    def log_access(self, conn: Connection) -> None:
-        assert self.access_log is not None
-        req = conn.req
-        line = "-"
-        if req is not None:
-            version = "1.1" if req.version == 11 else "1.0"
-            line = f"{req.method} {req.target.decode('latin-1')} HTTP/{version}"
-        peer = conn.peer[0] if isinstance(conn.peer, tuple) else conn.peer
-        stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
-        self.access_log.write(f'{peer} - - [{stamp}] "{line}" {conn.status} {conn.sent}\n')
-
     # -- shutting down -------------------------------------------------------------------
 
-    def drain(self) -> None:
-        """Stop accepting, close idle connections, let transfers in flight finish."""
+    def drain(self, keep_idle: bool = False) -> None:
+        """Stop accepting and let transfers in flight finish.
+
+        Idle keep-alive connections are closed now, or with ``keep_idle`` (a reload)
+        kept until their next request, answered with ``Connection: close``, or their
+        keep-alive timeout: a client that sends on a connection just closed under it
+        has to resend, one answered with ``close`` just reconnects.
+        """
         if self.draining:
+            if not keep_idle:
+                self.keep_promised = False
+                self._drain_connections(False)  # a stop after a reload: no more waiting
             return
         self.draining = True
+        self.keep_promised = keep_idle
         self._close_listeners()
-        for conn in [c for c in self.conns if c.idle]:
-            conn.close()
+        self._drain_connections(keep_idle)
+
+    def hand_over(self) -> list[socket.socket]:
+        """A reload in this process: stop accepting and drain as ``drain(keep_idle=True)``
+        does, but give the listening sockets (still open) to the next server."""
+        socks = [acceptor.sock for acceptor in self.acceptors]
+        for sock in socks:
+            self.loop.remove(sock.fileno())
+        self.acceptors = []
+        self.draining = True
+        self.keep_promised = True
+        self._drain_connections(True)
+        return socks
+
+    def _drain_connections(self, keep_idle: bool) -> None:
+        # One accepted but with no request yet always stays: its client is sending, and
+        # it gets its answer (with Connection: close), not a reset (within
+        # --header-timeout).
+        if not keep_idle:
+            for conn in [c for c in self.conns if c.idle and c.requests]:
+                conn.close()
         if not self.conns:
-            self.loop.stop()
+            self._drained()
+
+    def _drained(self) -> None:
+        if not self._drain_done:
+            self._drain_done = True
+            self.on_drained()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for conn in list(self.conns):
             conn.close()
         self._close_listeners()
@@ -251,29 +331,25 @@ class Server:
         self.aio.close()
         self.static.close()
         self.dynamic.close()
+        if self.counters is not None:
+            self.counters.detach(self)
         if self.access_log is not None:
             self.access_log.close()
 
+    def _close_listeners(self) -> None:
+        """This process's copies only: the supervisor keeps the sockets for the next
+        workers, so connections queued meanwhile wait for them instead of being refused."""
+        for acceptor in self.acceptors:
+            self.loop.remove(acceptor.sock.fileno())
+            acceptor.sock.close()
+        self.acceptors = []
 
-class TlsAcceptor:
-    """The TLS listener's handler: accepts like the plain one, into TLS connections."""
 
-    def __init__(self, server: Server, listener: socket.socket) -> None:
-        self.server = server
-        self.listener: socket.socket | None = listener
-        assert server.tls is not None
-        side = server.tls
+def _tls_maker(side: TlsSide) -> Make:
+    def make(owner: Server, sock: socket.socket, peer: object) -> Connection:
+        # side.context looked up each time: a renewed certificate takes effect at the
+        # next accept.
+        ssock = side.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return TlsConnection(owner, ssock, peer, side)
 
-        def make(owner: Server, sock: socket.socket, peer: object) -> Connection:
-            # side.context looked up each time: a reload takes effect at the next accept.
-            ssock = side.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            return TlsConnection(owner, ssock, peer, side)
-
-        self._make = make
-
-    def on_event(self, events: int) -> None:
-        if self.listener is not None:
-            self.server.accept(self.listener, self._make)
-
-    def on_error(self, exc: BaseException) -> None:
-        log.error("accepting TLS failed: %r", exc)
+    return make

@@ -185,6 +185,7 @@ class TlsConnection(Connection):
         if self.res is not None and not self.ktls and self.stage is None:
             # The head shares the first chunk's buffer and record: one SSL_write.
             self.stage = transfer.Stage(self.tls.buffers.acquire())
+            self.path = "tls-copy"
             self.out = self.stage.put_head(self.out)
         try:
             self.out = transfer.ssl_send_bytes(self.sock, self.out)  # type: ignore[arg-type]

@@ -22,11 +22,16 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import aiobind
 from aws.config import Config
+from aws.limits import check_aio
+from aws.listeners import StartupError, restart_needed
+from aws.logs import tag_process
 from aws.loop import EPOLLIN, Loop
+from aws.metrics import Shared, WorkerCounters
+from aws.metrics_http import MetricsListener
 from aws.proctitle import set_title
 from aws.server import Server
 from aws.tls import TlsSetupError
@@ -35,6 +40,12 @@ log = logging.getLogger("aws.worker")
 
 EXIT_FATAL = 3  # the worker cannot start (e.g. io_setup failed): do not restart it
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# From the supervisor at a reload: drain, keeping idle keep-alive connections until their
+# next request (answered with Connection: close) or their timeout.
+RETIRE = signal.SIGUSR2
+# Blocked until the watcher is in place: their default action would kill the worker.
+# Under a supervisor SIGHUP stays blocked in the worker: reloading is the supervisor's job.
+WATCHED = STOP_SIGNALS | {signal.SIGUSR1, signal.SIGHUP, RETIRE}
 
 
 class SignalWatcher:
@@ -50,6 +61,9 @@ class SignalWatcher:
         signal.signal(signal.SIGTERM, self._note)
         # Ctrl-C reaches the whole process group: under a supervisor only it acts on it.
         signal.signal(signal.SIGINT, self._note if interrupt else signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, self._note)  # logrotate's postrotate: reopen the logs
+        signal.signal(signal.SIGHUP, self._note)  # reload (the single process only)
+        signal.signal(RETIRE, self._note)
         loop.add(self._r.fileno(), EPOLLIN, self)
 
     def _note(self, signum: int, frame: object) -> None:
@@ -68,72 +82,202 @@ class SignalWatcher:
 def run_worker(
     index: int,
     cpu: int | None,
-    listener: socket.socket | None,
+    listeners: Sequence[socket.socket],
     config: Config,
     supervisor: int | None = None,
-    tls_listener: socket.socket | None = None,
+    counters: WorkerCounters | None = None,
+    metrics: tuple[socket.socket, Shared] | None = None,
+    reload: Callable[[], Config] | None = None,
+    tls_listeners: Sequence[socket.socket] = (),
 ) -> int:
     """Serve until stopped; returns the process exit status.
 
     ``supervisor`` is the pid of the process that forked this one, or None when this
-    process serves alone (``--workers 1``).
+    process serves alone (``--workers 1``); then ``metrics`` is the listener it serves
+    its own metrics on (with the shared counters it reads them from) and ``reload``
+    loads the configuration again on SIGHUP.
     """
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     loop = Loop()
     try:
-        server = Server(config, loop, listener, tls_listener)
+        server = Server(
+            config,
+            loop,
+            *listeners,
+            tls_listeners=tuple(tls_listeners),
+            worker=index,
+            counters=counters,
+        )
     except (OSError, TlsSetupError) as exc:
         log.critical("worker %d cannot start: %s", index, exc)
         return EXIT_FATAL
-    orphaned = False
+    serving = Serving(index, loop, server, supervisor, metrics, reload)
+    if metrics is not None:
+        MetricsListener(loop, metrics[0], metrics[1].snapshot)
+    SignalWatcher(loop, serving.on_signal, interrupt=supervisor is None)
+    unblock = WATCHED if supervisor is None else WATCHED - {signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
+    log.debug("worker %d (pid %d) serving on CPU %s", index, os.getpid(), cpu)
+    loop.run()
+    serving.close()
+    loop.close()
+    return 0
 
-    def on_signal(signo: int) -> None:
-        nonlocal orphaned
-        if supervisor is not None and not orphaned and os.getppid() != supervisor:
+
+class Serving:
+    """What one worker process serves with: the current server, and in the single
+    process the servers of earlier configurations still draining after a SIGHUP."""
+
+    def __init__(
+        self,
+        index: int,
+        loop: Loop,
+        server: Server,
+        supervisor: int | None,
+        metrics: tuple[socket.socket, Shared] | None,
+        reload: Callable[[], Config] | None,
+    ) -> None:
+        self.index = index
+        self.loop = loop
+        self.server = server
+        self.supervisor = supervisor
+        self.metrics = metrics
+        self.reload = reload
+        self.retiring: set[Server] = set()
+        self.stopping = False
+        self.retiring_gently = False
+        self.orphaned = False
+        server.on_drained = self._check_done
+
+    def on_signal(self, signo: int) -> None:
+        server, index = self.server, self.index
+        if signo == signal.SIGUSR1:
+            server.reopen_logs()
+            for old in self.retiring:
+                old.reopen_logs()
+            return
+        if signo == signal.SIGHUP:
+            self._reload()
+            return
+        if signo == RETIRE:
+            log.debug("worker %d: retiring after a reload", index)
+            self.drain(keep_idle=True)
+            return
+        supervisor = self.supervisor
+        if supervisor is not None and not self.orphaned and os.getppid() != supervisor:
             # The parent-death signal: a drain, never the "second signal", even when the
             # supervisor had asked for a drain before it died.
-            orphaned = True
+            self.orphaned = True
             log.warning(
                 "worker %d: supervisor (pid %d) is gone; draining %d connections "
                 "(up to %.0fs), then exiting",
                 index,
                 supervisor,
                 len(server.conns),
-                config.drain_timeout,
+                server.config.drain_timeout,
             )
-            drain()
+            self.drain()
             return
-        if server.draining:
+        if self.stopping and not self.retiring_gently:
             log.info("worker %d: second signal, exiting now", index)
-            loop.stop()
+            self.loop.stop()
             return
         if supervisor is None:
             log.info(
                 "%s: stopping; transfers in flight may take up to %.0fs",
                 signal.Signals(signo).name,
-                config.drain_timeout,
+                server.config.drain_timeout,
             )
-        drain()
+        self.drain()
 
-    def drain() -> None:
-        if not server.draining:
-            log.debug("worker %d: draining %d connections", index, len(server.conns))
-            server.drain()
-            loop.call_later(config.drain_timeout, timeout)
+    def drain(self, keep_idle: bool = False) -> None:
+        """Stop; ``keep_idle`` (retiring at a reload) lets idle keep-alive connections
+        come back once more. A stop while retiring closes them after all."""
+        if self.metrics is not None and not keep_idle:
+            self.metrics[1].set_draining(True)
+        if self.stopping:
+            if self.retiring_gently and not keep_idle:
+                self.retiring_gently = False
+                self.server.drain()
+                for old in self.retiring:
+                    old.drain()
+            return
+        self.stopping = True
+        self.retiring_gently = keep_idle
+        server = self.server
+        log.debug("worker %d: draining %d connections", self.index, self.connections())
+        server.drain(keep_idle)
+        for old in self.retiring:
+            old.drain()
+        self.loop.call_later(server.config.drain_timeout, self._timeout)
+        self._check_done()
 
-    def timeout() -> None:
-        if server.conns:
-            log.warning("worker %d: drain timeout, %d connections cut", index, len(server.conns))
-        loop.stop()
+    def connections(self) -> int:
+        return len(self.server.conns) + sum(len(s.conns) for s in self.retiring)
 
-    SignalWatcher(loop, on_signal, interrupt=supervisor is None)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    log.debug("worker %d (pid %d) serving on CPU %s", index, os.getpid(), cpu)
-    loop.run()
-    server.close()
-    loop.close()
-    return 0
+    def _check_done(self) -> None:
+        if self.stopping and not self.server.conns and not self.retiring:
+            self.loop.stop()
+
+    def _timeout(self) -> None:
+        if left := self.connections():
+            log.warning("worker %d: drain timeout, %d connections cut", self.index, left)
+        self.loop.stop()
+
+    def _reload(self) -> None:
+        """SIGHUP in the single process: a new server with the new configuration takes
+        the listening sockets; the old one drains beside it in the same loop."""
+        if self.reload is None or self.stopping:
+            return
+        old = self.server
+        try:
+            new = self.reload()
+            for change in restart_needed(old.config, new):
+                log.warning("SIGHUP: %s changed; that needs a restart, kept as it was", change)
+            check_aio(1, new.aio_maxevents)
+            plain, secure = old.sockets()
+            fresh = Server(
+                new,
+                self.loop,
+                *plain,
+                tls_listeners=tuple(secure),
+                worker=self.index,
+                counters=old.counters,
+                accepting=False,
+            )
+        except StartupError as exc:
+            log.error("SIGHUP: the configuration does not load (%s); serving on with the old", exc)
+            return
+        except Exception as exc:
+            log.exception("SIGHUP: reload failed (%r); serving on with the old", exc)
+            return
+        old.hand_over()  # keeps its idle keep-alive connections for one more request
+        fresh.start_accepting()
+        fresh.on_drained = self._check_done
+        self.server = fresh
+        if self.metrics is not None:
+            self.metrics[1].reloaded()
+        if old.conns:
+            self.retiring.add(old)
+            old.on_drained = lambda: self.loop.call_soon(lambda: self._retired(old))
+        else:
+            self.loop.call_soon(old.close)
+        log.info(
+            "SIGHUP: reloaded the configuration; %d connections of the old one draining",
+            len(old.conns),
+        )
+
+    def _retired(self, old: Server) -> None:
+        self.retiring.discard(old)
+        old.close()
+        self._check_done()
+
+    def close(self) -> None:
+        self.server.close()
+        for old in list(self.retiring):
+            old.close()
+        self.retiring.clear()
 
 
 def _watch_supervisor(supervisor: int) -> None:
@@ -150,26 +294,31 @@ def _watch_supervisor(supervisor: int) -> None:
 def worker_process(
     index: int,
     cpu: int | None,
-    listener: socket.socket | None,
+    listeners: Sequence[socket.socket],
     config: Config,
     supervisor: int,
     inherited: Iterable[socket.socket] = (),
-    tls_listener: socket.socket | None = None,
+    counters: WorkerCounters | None = None,
+    tls_listeners: Sequence[socket.socket] = (),
 ) -> None:
     """Entry point in the forked child: never returns.
 
-    Called with the supervisor's signal mask (SIGCHLD, SIGTERM, SIGINT blocked);
-    ``inherited`` are the other workers' listeners, which this one must not hold.
+    Called with the supervisor's signal mask (SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGUSR2,
+    SIGHUP blocked); ``inherited`` are the other workers' listeners and sockets this one
+    must not hold.
     """
     status = 1
     try:
         _watch_supervisor(supervisor)
+        tag_process(f"worker {index}")
         for sock in inherited:
             sock.close()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         set_title(f"aws: worker {index}" + ("" if cpu is None else f" on CPU {cpu}"))
-        status = run_worker(index, cpu, listener, config, supervisor, tls_listener)
+        status = run_worker(
+            index, cpu, listeners, config, supervisor, counters, tls_listeners=tls_listeners
+        )
     except BaseException:
         log.exception("worker %d crashed", index)
     finally:

@@ -12,198 +12,130 @@ serves and takes the signals itself, like uvicorn by default or nginx with
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiobind
-from aws import tls
 from aws.config import Config
+from aws.limits import check_aio
+from aws.listeners import Listeners, StartupError, describe, open_listeners, restart_needed
+from aws.metrics import Shared, WorkerCounters
+from aws.metrics_http import metrics_listener, metrics_process
 from aws.proctitle import set_title
-from aws.worker import EXIT_FATAL, STOP_SIGNALS, run_worker, worker_process
+from aws.worker import EXIT_FATAL, RETIRE, worker_process
 
 log = logging.getLogger("aws.workers")
 
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP}
+# Blocked too, though the supervisor never waits for it: a worker forked with it blocked
+# takes it only once its watcher is in place (its default action would kill it).
+_BLOCKED = _SIGNALS | {RETIRE}
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0  # a worker up this long resets its back-off
-
-
-class StartupError(Exception):
-    """The server cannot start; the message is one line for the user."""
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _probe_port(host: str, port: int) -> None:
-    """Fail if anything listens there (our own sockets use SO_REUSEPORT, which would
-    otherwise let two servers share a port without a word)."""
-    probe = socket.socket(_family(host), socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"port {port} on {host} is already in use") from None
-        raise StartupError(f"cannot bind {host}:{port}: {exc.strerror}") from None
-    finally:
-        probe.close()
-
-
-def make_listeners(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
-    if port:
-        _probe_port(host, port)
-    listeners: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(_family(host), socket.SOCK_STREAM)
-            listeners.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            # Accepted sockets inherit it: no Nagle stall behind a small response.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((host, port))
-            port = sock.getsockname()[1]  # with --port 0, all workers share the first pick
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except OSError as exc:
-        for sock in listeners:
-            sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return listeners
-
-
-def check_tls(config: Config) -> None:
-    """A bad certificate or key stops the start with one line, not a restart loop."""
-    if config.tls_cert is None:
-        if config.tls_key is not None:
-            raise StartupError("--tls-key needs --tls-cert")
-        if config.plain == "off":
-            raise StartupError("--plain off needs --tls-cert (nothing would listen)")
-        return
-    try:
-        tls.build_context(config.tls_cert, config.tls_key)
-    except tls.TlsSetupError as exc:
-        raise StartupError(str(exc)) from None
-
-
-Listeners = list[socket.socket] | list[None]
-
-
-def plain_listeners(config: Config, count: int) -> Listeners:
-    if config.plain == "off":
-        return [None] * count
-    return make_listeners(config.host, config.port, count, config.backlog)
-
-
-def tls_listeners(config: Config, count: int) -> Listeners:
-    if config.tls_cert is None:
-        return [None] * count
-    return make_listeners(config.host, config.tls_port, count, config.backlog)
-
-
-def close_all(*groups: Listeners) -> None:
-    for group in groups:
-        for sock in group:
-            if sock is not None:
-                sock.close()
-
-
-def announce(config: Config, plain: socket.socket | None, secure: socket.socket | None) -> int:
-    """The listening lines (harnesses wait for the first); returns the main port."""
-    n = config.workers
-    where = f"with {n} worker{'' if n == 1 else 's'}, root {os.path.abspath(config.root)}"
-    ports = []
-    if plain is not None:
-        ports.append(plain.getsockname()[1])
-        log.info("aws listening on http://%s:%d %s", config.host, ports[-1], where)
-    if secure is not None:
-        ports.append(secure.getsockname()[1])
-        also = "" if plain is not None else f", HTTPS only, {where}"
-        log.info("aws listening on https://%s:%d (TLS)%s", config.host, ports[-1], also)
-    return int(ports[0])
-
-
-def check_aio(workers: int, maxevents: int) -> None:
-    """Every worker needs an AIO context: find out now, not in a restart loop."""
-    contexts = []
-    try:
-        for _ in range(workers):
-            contexts.append(aiobind.Context(maxevents))
-    except OSError as exc:
-        raise StartupError(f"{exc} (see /proc/sys/fs/aio-max-nr)") from None
-    finally:
-        for ctx in contexts:
-            ctx.close()
 
 
 @dataclass
 class WorkerSlot:
     index: int
     cpu: int | None
-    listener: socket.socket | None  # None with --plain off
-    tls_listener: socket.socket | None = None
     pid: int = 0
     started: float = 0.0
     backoff: float = BACKOFF_FIRST
     restart_at: float | None = None
     history: list[int] = field(default_factory=list)
+    cells: int | None = None  # its slot in the shared metrics region
 
 
 class Supervisor:
-    def __init__(self, config: Config, cpus: list[int]) -> None:
+    def __init__(
+        self, config: Config, cpus: list[int], reload: Callable[[], Config] | None = None
+    ) -> None:
         self.config = config
         self.cpus = cpus
+        self.reload = reload
         self.slots: list[WorkerSlot] = []
+        self.retiring: list[WorkerSlot] = []  # workers of an earlier config, draining
         self.stopping = False
         self.port = 0
+        self.listeners = Listeners()
+        self.metrics_sock: socket.socket | None = None
+        self.shared: Shared | None = None
+        self.metrics_pid = 0
+        self.metrics_restart_at: float | None = None
 
     def start(self) -> None:
         config = self.config
-        check_tls(config)
-        listeners = plain_listeners(config, config.workers)
-        secure: Listeners = []
+        self.listeners = open_listeners(config, config.workers)
+        self.port = self.listeners.port()
         try:
-            secure = tls_listeners(config, config.workers)
+            if config.metrics:
+                self.metrics_sock = metrics_listener(config.metrics)
             check_aio(config.workers, config.aio_maxevents)
         except StartupError:
-            close_all(listeners, secure)
+            self.listeners.close()
+            if self.metrics_sock is not None:
+                self.metrics_sock.close()
             raise
-        for i, (sock, tls_sock) in enumerate(zip(listeners, secure, strict=True)):
+        if self.metrics_sock is not None:
+            # Before any fork: every child shares it. Slots to spare for reloads, when old
+            # and new workers run side by side.
+            self.shared = Shared(max(64, 8 * config.workers))
+        for i in range(config.workers):
             cpu = self.cpus[i % len(self.cpus)] if self.cpus else None
-            self.slots.append(WorkerSlot(i, cpu, sock, tls_sock))
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            self.slots.append(WorkerSlot(i, cpu))
+        signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         set_title(f"aws: supervisor, root {os.path.abspath(config.root)}, {config.workers} workers")
+        self._spawn_metrics()
         for slot in self.slots:
             self._spawn(slot)
-        self.port = announce(config, listeners[0], secure[0])
+        self.listeners.announce(log, config.workers, os.path.abspath(config.root))
+        if self.metrics_sock is not None:
+            log.info("metrics on %s/metrics", describe(self.metrics_sock))
 
-    def _spawn(self, slot: WorkerSlot) -> None:
+    def _spawn_metrics(self) -> None:
+        if self.metrics_sock is None or self.shared is None:
+            return
         supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
-            others = [
-                sock
-                for other in self.slots
-                if other is not slot
-                for sock in (other.listener, other.tls_listener)
-                if sock is not None
-            ]
+            for sock in self.listeners.own + self.listeners.shared:
+                sock.close()
+            metrics_process(self.metrics_sock, self.shared, supervisor)
+        self.metrics_pid = pid
+        self.metrics_restart_at = None
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        supervisor = os.getpid()
+        shared = self.shared
+        if shared is not None and slot.cells is None:
+            slot.cells = shared.claim(slot.index)
+            if slot.cells is None:
+                log.warning("worker %d: no free metrics slot, it is not counted", slot.index)
+        pid = os.fork()
+        if pid == 0:
+            mine = self.listeners.for_worker(slot.index)
+            others = self.listeners.not_for(slot.index)
+            if self.metrics_sock is not None:
+                others.append(self.metrics_sock)
+            counters = None
+            if shared is not None and slot.cells is not None:
+                shared.bind(slot.cells, os.getpid())
+                counters = WorkerCounters(shared.live(slot.cells))
+            secure = self.listeners.tls_for_worker(slot.index)
             worker_process(
                 slot.index,
                 slot.cpu,
-                slot.listener,
+                mine,
                 self.config,
                 supervisor,
                 others,
-                tls_listener=slot.tls_listener,
+                counters,
+                tls_listeners=secure,
             )
         if slot.cpu is not None:
             # The child pins itself too; doing it here as well means that once fork has
@@ -211,6 +143,8 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(pid, {slot.cpu})
         slot.pid = pid
+        if shared is not None and slot.cells is not None:
+            shared.bind(slot.cells, pid)
         slot.started = time.monotonic()
         slot.restart_at = None
 
@@ -221,17 +155,26 @@ class Supervisor:
             info = signal.sigtimedwait(_SIGNALS, 0.5)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 self._stop(info.si_signo)
+            elif info is not None and info.si_signo == signal.SIGUSR1:
+                log.info("SIGUSR1: workers reopen their logs")
+                self._signal_all(signal.SIGUSR1)
+            elif info is not None and info.si_signo == signal.SIGHUP:
+                self._reload()
             fatal = self._reap()
             if fatal is not None and not self.stopping:
                 log.critical("worker %d cannot start; stopping", fatal)
                 status = 1
                 self._stop(signal.SIGTERM)
             if self.stopping:
-                if not any(slot.pid for slot in self.slots):
+                if not any(slot.pid for slot in self.slots + self.retiring):
                     log.info("all workers stopped")
+                    self.listeners.close()
+                    self._stop_metrics()
                     return status
                 continue
             now = time.monotonic()
+            if self.metrics_restart_at is not None and now >= self.metrics_restart_at:
+                self._spawn_metrics()
             for slot in self.slots:
                 if slot.pid == 0 and slot.restart_at is not None and now >= slot.restart_at:
                     self._spawn(slot)
@@ -247,11 +190,25 @@ class Supervisor:
                 return fatal
             if pid == 0:
                 return fatal
-            slot = next((s for s in self.slots if s.pid == pid), None)
+            code = os.waitstatus_to_exitcode(wstatus)
+            if pid == self.metrics_pid:
+                self.metrics_pid = 0
+                if not self.stopping:
+                    log.error("metrics process died with %d; restarting in 1s", code)
+                    self.metrics_restart_at = time.monotonic() + 1.0
+                continue
+            slot = next((s for s in self.slots + self.retiring if s.pid == pid), None)
             if slot is None:
                 continue
             slot.pid = 0
-            code = os.waitstatus_to_exitcode(wstatus)
+            if self.shared is not None and slot.cells is not None:
+                self.shared.release(slot.cells)
+                slot.cells = None
+            if slot in self.retiring:
+                self.retiring.remove(slot)
+                if code != 0:
+                    log.warning("old worker %d (pid %d) exited with %d", slot.index, pid, code)
+                continue
             if self.stopping:
                 if code != 0:
                     log.warning("worker %d exited with %d", slot.index, code)
@@ -262,6 +219,8 @@ class Supervisor:
             now = time.monotonic()
             if now - slot.started > STABLE_AFTER:
                 slot.backoff = BACKOFF_FIRST
+            if self.shared is not None:
+                self.shared.restarted(slot.index)
             why = f"signal {-code}" if code < 0 else f"status {code}"
             log.error(
                 "worker %d (pid %d) died with %s; restarting in %.1fs",
@@ -279,54 +238,75 @@ class Supervisor:
             self._signal_all(signal.SIGTERM)
             return
         self.stopping = True
+        if self.shared is not None:
+            self.shared.set_draining(True)  # /healthz says 503 from now on
         log.info(
             "%s: stopping; transfers in flight may take up to %.0fs",
             signal.Signals(signo).name,
             self.config.drain_timeout,
         )
-        for slot in self.slots:
-            close_all([slot.listener, slot.tls_listener])  # workers drain with their copies
+        self.listeners.close()  # the workers' copies stay open until they drain
         self._signal_all(signal.SIGTERM)
 
-    def _signal_all(self, signo: int) -> None:
+    def _stop_metrics(self) -> None:
+        if self.metrics_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.metrics_pid, signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.metrics_pid, 0)
+            self.metrics_pid = 0
+        if self.metrics_sock is not None:
+            self.metrics_sock.close()
+            self.metrics_sock = None
+
+    def _reload(self) -> None:
+        """SIGHUP: load the configuration again; start a new worker per slot with it on
+        the same sockets, then drain the old ones. Until the new workers poll, queued
+        connections wait in the sockets' backlogs (the supervisor keeps the sockets), so
+        none is refused; the old workers finish what they are sending."""
+        if self.stopping or self.reload is None:
+            return
+        old = self.config
+        try:
+            new = self.reload()
+            if new.workers == 1:
+                raise StartupError("--workers 1 runs without a supervisor: restart to get it")
+            for change in restart_needed(old, new):
+                log.warning("SIGHUP: %s changed; that needs a restart, kept as it was", change)
+            # The old workers keep their contexts while they drain: the new ones need theirs.
+            check_aio(new.workers, new.aio_maxevents)
+            self.listeners.resize(new.workers, old.backlog)
+        except StartupError as exc:
+            log.error("SIGHUP: the configuration does not load (%s); the workers serve on", exc)
+            return
+        except Exception as exc:
+            log.exception("SIGHUP: reload failed (%r); the workers serve on", exc)
+            return
+        self.config = new
+        previous = self.slots
+        self.slots = [
+            WorkerSlot(i, self.cpus[i % len(self.cpus)] if self.cpus else None)
+            for i in range(new.workers)
+        ]
         for slot in self.slots:
+            self._spawn(slot)
+        for slot in previous:
+            slot.restart_at = None
+            if slot.pid:
+                self.retiring.append(slot)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, RETIRE)
+        if self.shared is not None:
+            self.shared.reloaded()
+        log.info(
+            "SIGHUP: reloaded the configuration: %d new workers (pids %s), %d old ones draining",
+            len(self.slots),
+            " ".join(str(slot.pid) for slot in self.slots),
+            len(self.retiring),
+        )
+
+    def _signal_all(self, signo: int) -> None:
+        for slot in self.slots + self.retiring:
             if slot.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, signo)
-
-
-class SingleProcess:
-    """``--workers 1``: the started process is the worker, with no supervisor.
-
-    It is what ``ps``, ``lsof -p`` and ``strace -p`` show, and it is not pinned to a CPU:
-    the process manager or ``taskset`` decides where it runs.
-    """
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.listener: socket.socket | None = None
-        self.tls_listener: socket.socket | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        config = self.config
-        check_tls(config)
-        [self.listener] = plain_listeners(config, 1)
-        try:
-            [self.tls_listener] = tls_listeners(config, 1)
-            check_aio(1, config.aio_maxevents)
-        except StartupError:
-            close_all([self.listener, self.tls_listener])
-            raise
-        # Held until the worker's watcher is in place: a signal now drains, once it is.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        root = os.path.abspath(config.root)
-        set_title(f"aws: single process, root {root}")
-        self.port = announce(config, self.listener, self.tls_listener)
-
-    def run(self) -> int:
-        status = run_worker(0, None, self.listener, self.config, tls_listener=self.tls_listener)
-        if status == EXIT_FATAL:
-            return 1
-        log.info("stopped")
-        return status

@@ -1,0 +1,297 @@
+"""Counters every worker keeps in shared memory, and their Prometheus text.
+
+The supervisor maps one anonymous shared region before it forks anything. Each worker
+gets a slot of 64-bit cells and increments them in plain Python through a memoryview
+(no syscall, no lock: one writer per slot, and an aligned 8-byte store is atomic on the
+CPUs this runs on). Whoever serves ``--metrics`` (the supervisor's metrics process, or
+the single process itself) reads every slot and sums.
+
+A slot is claimed for one worker process and given back when it exits: its counters are
+then folded into that worker index's ``retired`` totals, so counters only grow across
+restarts and reloads, and old and new workers never write the same cell even while
+both run. The fold is bracketed by a sequence number that readers check.
+
+Gauges (open connections, AIO reads in flight and queued) are written by the worker's
+0.25 s sweep, not per request.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aws.connection import Connection
+    from aws.server import Server
+
+CELL = 8
+SLOT_CELLS = 64
+MAX_INDEX = 256  # worker indexes with retired totals and restart counts
+
+# Request duration buckets, seconds (le): from a cached small file to a long download.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+PREFIXES = ("static", "dynamic", "other")
+WAYS = ("none", "sendfile", "aio_direct", "aio_buffered", "mixed", "tls_copy")  # logs.WAY_*
+
+# Cells of a slot.
+PID, INDEX = 0, 1
+REQUESTS = 2  # CLASSES x PREFIXES
+BYTES = REQUESTS + len(CLASSES) * len(PREFIXES)  # per way
+RESPONSES = BYTES + len(WAYS)  # per way
+HIST = RESPONSES + len(WAYS)  # len(BUCKETS) + 1 (+Inf), not cumulative
+SUM_US = HIST + len(BUCKETS) + 1
+CONNECTIONS = SUM_US + 1  # gauges from here on: not folded on exit
+AIO_IN_FLIGHT = CONNECTIONS + 1
+AIO_QUEUED = AIO_IN_FLIGHT + 1
+REFUSED = AIO_QUEUED + 1  # counters again, added to by the sweep
+ACCEPT_PAUSES = REFUSED + 1
+assert ACCEPT_PAUSES < SLOT_CELLS
+_FOLDED = [*range(REQUESTS, CONNECTIONS), REFUSED, ACCEPT_PAUSES]
+
+# Cells of the header.
+SEQ, DRAINING, RELOADS = 0, 1, 2
+RESTARTS = 3  # per worker index
+HEADER_CELLS = RESTARTS + MAX_INDEX
+
+_PREFIX_INDEX = {b"static": 0, b"dynamic": 1}
+
+
+class WorkerCounters:
+    """One worker process's slot: what ``Server`` calls per response and per sweep.
+
+    In the single process a reload runs two servers for a while; both count here, and
+    the gauges are the sum over the servers attached.
+    """
+
+    __slots__ = ("cells", "servers")
+
+    def __init__(self, cells: memoryview) -> None:
+        self.cells = cells
+        self.servers: list[Server] = []
+
+    def attach(self, server: Server) -> None:
+        self.servers.append(server)
+
+    def detach(self, server: Server) -> None:
+        self.sample()  # its last refusals and pauses
+        self.servers.remove(server)
+        self.sample()
+
+    def count(self, conn: Connection, duration: float, way: int) -> None:
+        cells = self.cells
+        req = conn.req
+        status = conn.status
+        prefix = _PREFIX_INDEX.get(req.prefix, 2) if req is not None else 2  # type: ignore[arg-type]
+        klass = status // 100 if 100 <= status < 600 else 0
+        cells[REQUESTS + klass * 3 + prefix] += 1
+        cells[BYTES + way] += conn.sent
+        cells[RESPONSES + way] += 1
+        cells[HIST + bisect_left(BUCKETS, duration)] += 1
+        cells[SUM_US] += int(duration * 1_000_000)
+
+    def sample(self) -> None:
+        cells = self.cells
+        servers = self.servers
+        cells[CONNECTIONS] = sum(len(s.conns) for s in servers)
+        cells[AIO_IN_FLIGHT] = sum(s.aio.ctx.in_flight for s in servers)
+        cells[AIO_QUEUED] = sum(len(s.aio.backlog) for s in servers)
+        for s in servers:  # counters: add what is new since the last sample
+            reported = s.reported
+            cells[REFUSED] += s.refused - reported[0]
+            cells[ACCEPT_PAUSES] += s.pauses - reported[1]
+            reported[0], reported[1] = s.refused, s.pauses
+
+
+class Shared:
+    """The shared region: a header, ``slots`` live slots, and one retired slot per index."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        cells = HEADER_CELLS + (slots + MAX_INDEX) * SLOT_CELLS
+        self._map = mmap.mmap(-1, cells * CELL, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self.all = memoryview(self._map).cast("Q")
+        self.header = self.all[:HEADER_CELLS]
+
+    def _slot(self, n: int) -> memoryview:
+        start = HEADER_CELLS + n * SLOT_CELLS
+        return self.all[start : start + SLOT_CELLS]
+
+    def live(self, n: int) -> memoryview:
+        return self._slot(n)
+
+    def retired(self, index: int) -> memoryview:
+        return self._slot(self.slots + index)
+
+    # -- the supervisor's side -----------------------------------------------------------
+
+    def claim(self, index: int) -> int | None:
+        """A free slot for a new worker of ``index`` (zeroed); None when all are taken."""
+        for n in range(self.slots):
+            cells = self.live(n)
+            if cells[PID] == 0:
+                for i in range(1, SLOT_CELLS):
+                    cells[i] = 0
+                cells[INDEX] = index
+                cells[PID] = 1  # taken; the real pid is filled in after fork
+                return n
+        return None
+
+    def bind(self, n: int, pid: int) -> None:
+        self.live(n)[PID] = pid
+
+    def release(self, n: int) -> None:
+        """The worker in slot ``n`` has exited: keep its counts under its index."""
+        cells = self.live(n)
+        index = cells[INDEX]
+        if index >= MAX_INDEX:
+            cells[PID] = 0
+            return
+        retired = self.retired(index)
+        header = self.header
+        header[SEQ] += 1  # odd: a fold is under way
+        for i in _FOLDED:
+            retired[i] += cells[i]
+        cells[PID] = 0
+        header[SEQ] += 1
+
+    def restarted(self, index: int) -> None:
+        if index < MAX_INDEX:
+            self.header[RESTARTS + index] += 1
+
+    def reloaded(self) -> None:
+        self.header[RELOADS] += 1
+
+    def set_draining(self, draining: bool) -> None:
+        self.header[DRAINING] = int(draining)
+
+    # -- the reader's side ---------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Every slot summed per worker index, read again if a fold was under way (a
+        fold is a few hundred stores: the retry is for the rare overlap)."""
+        header = self.header
+        snap = self._read()
+        for _ in range(100):
+            seq = header[SEQ]
+            if not seq & 1:
+                snap = self._read()
+                if header[SEQ] == seq:
+                    break
+            time.sleep(0.0001)
+        return snap
+
+    def _read(self) -> Snapshot:
+        header = self.header
+        snap = Snapshot(bool(header[DRAINING]))
+        snap.reloads = header[RELOADS]
+        for index in range(MAX_INDEX):
+            snap.add(index, self.retired(index), live=False)
+        for n in range(self.slots):
+            cells = self.live(n)
+            if cells[PID] > 1:
+                snap.add(int(cells[INDEX]), cells, live=True)
+        for index in range(MAX_INDEX):
+            restarts = header[RESTARTS + index]
+            if restarts:
+                snap.restarts[index] = restarts
+        return snap
+
+
+class Snapshot:
+    """Totals per worker index, ready to render."""
+
+    def __init__(self, draining: bool) -> None:
+        self.draining = draining
+        self.per_worker: dict[int, list[int]] = {}
+        self.alive: set[int] = set()
+        self.restarts: dict[int, int] = {}
+        self.reloads = 0
+
+    def add(self, index: int, cells: memoryview, live: bool) -> None:
+        values = cells.tolist()
+        if not live and not any(values[i] for i in _FOLDED):
+            return
+        mine = self.per_worker.setdefault(index, [0] * SLOT_CELLS)
+        for i in range(REQUESTS, SLOT_CELLS):
+            mine[i] += values[i]
+        if live:
+            self.alive.add(index)
+
+    def total(self, cell: int) -> int:
+        return sum(v[cell] for v in self.per_worker.values())
+
+
+def _series(name: str, labels: dict[str, str], value: float) -> str:
+    text = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{name}{{{text}}} {value}\n" if text else f"{name} {value}\n"
+
+
+def _family(name: str, kind: str, help: str) -> str:
+    return f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
+
+
+def render(snap: Snapshot) -> str:
+    """The Prometheus text exposition format (version 0.0.4)."""
+    return "".join(_render(snap))
+
+
+def _render(snap: Snapshot) -> Iterator[str]:
+    workers = sorted(snap.per_worker)
+    yield _family("aws_requests_total", "counter", "Responses by status class and URL prefix.")
+    for c, klass in enumerate(CLASSES):
+        for p, prefix in enumerate(PREFIXES):
+            cell = REQUESTS + c * 3 + p
+            value = snap.total(cell)
+            if value or klass in ("2xx", "4xx"):
+                yield _series("aws_requests_total", {"code": klass, "prefix": prefix}, value)
+    yield _family("aws_worker_requests_total", "counter", "Responses per worker process.")
+    for w in workers:
+        count = sum(snap.per_worker[w][REQUESTS:BYTES])
+        yield _series("aws_worker_requests_total", {"worker": str(w)}, count)
+    yield _family(
+        "aws_sent_bytes_total", "counter", "File body bytes sent, by the way they went out."
+    )
+    for i, way in enumerate(WAYS[1:], start=1):
+        yield _series("aws_sent_bytes_total", {"way": way}, snap.total(BYTES + i))
+    yield _family("aws_responses_by_way_total", "counter", "Responses by how the body went out.")
+    for i, way in enumerate(WAYS):
+        yield _series("aws_responses_by_way_total", {"way": way}, snap.total(RESPONSES + i))
+    name = "aws_request_duration_seconds"
+    yield _family(
+        name, "histogram", "From the loop turn that decided a response to its last byte sent."
+    )
+    cumulative = 0
+    for i, le in enumerate((*BUCKETS, float("inf"))):
+        cumulative += snap.total(HIST + i)
+        yield _series(
+            name + "_bucket", {"le": "+Inf" if le == float("inf") else repr(le)}, cumulative
+        )
+    yield _series(name + "_sum", {}, snap.total(SUM_US) / 1_000_000)
+    yield _series(name + "_count", {}, cumulative)
+    for cell, metric, help in (
+        (CONNECTIONS, "aws_connections_open", "Client connections open."),
+        (AIO_IN_FLIGHT, "aws_aio_reads_in_flight", "AIO reads submitted and not yet reaped."),
+        (AIO_QUEUED, "aws_aio_reads_queued", "AIO reads waiting for a free context slot."),
+    ):
+        yield _family(metric, "gauge", help)
+        for w in workers:
+            yield _series(metric, {"worker": str(w)}, snap.per_worker[w][cell])
+    for cell, metric, help in (
+        (REFUSED, "aws_refused_connections_total", "Connections closed at --max-connections."),
+        (ACCEPT_PAUSES, "aws_accept_pauses_total", "Accept pauses for lack of descriptors."),
+    ):
+        yield _family(metric, "counter", help)
+        yield _series(metric, {}, snap.total(cell))
+    yield _family("aws_worker_restarts_total", "counter", "Workers restarted after dying.")
+    for w in sorted(set(workers) | set(snap.restarts)):
+        yield _series("aws_worker_restarts_total", {"worker": str(w)}, snap.restarts.get(w, 0))
+    yield _family("aws_reloads_total", "counter", "Configuration reloads (SIGHUP) applied.")
+    yield _series("aws_reloads_total", {}, snap.reloads)
+    yield _family("aws_workers_up", "gauge", "Worker processes serving.")
+    yield _series("aws_workers_up", {}, len(snap.alive))
+    yield _family("aws_draining", "gauge", "1 while the server is stopping.")
+    yield _series("aws_draining", {}, int(snap.draining))

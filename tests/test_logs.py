@@ -1,0 +1,128 @@
+"""Access log formats and SIGUSR1 reopening, end to end (plain and under the shim)."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from aws.logs import make_formatter
+from tests.conftest import DocRoot, stop_server
+from tests.ops import Load, get_raw, mode_of, start_in
+
+
+@pytest.fixture(params=["plain", "shim"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return mode_of(request)
+
+
+def _get(srv: object, path: str, extra: str = "") -> bytes:
+    raw = f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n".encode()
+    return get_raw(srv.addr, raw)  # type: ignore[attr-defined]
+
+
+def test_combined_adds_referer_and_user_agent(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path, docroot: DocRoot
+) -> None:
+    log_path = tmp_path / "access.log"
+    extra = ["--access-log", str(log_path), "--log-format", "combined"]
+    srv = start_in(mode, request, tmp_path, docroot, workers=1, extra=extra)
+    try:
+        _get(srv, "/static/hello.txt", 'Referer: http://x/"a"\r\nUser-Agent: probe/1.0\r\n')
+        _get(srv, "/static/nope")
+    finally:
+        assert stop_server(srv.proc) == 0
+    first, second = log_path.read_text().splitlines()
+    assert first.startswith("127.0.0.1 - - [")
+    assert first.endswith('"GET /static/hello.txt HTTP/1.1" 200 6 "http://x/\\"a\\"" "probe/1.0"')
+    assert second.endswith('"GET /static/nope HTTP/1.1" 404 0 "-" "-"')
+
+
+def test_json_names_the_way_each_body_went_out(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path, docroot: DocRoot
+) -> None:
+    log_path = tmp_path / "access.log"
+    extra = ["--access-log", str(log_path), "--log-format", "json"]
+    srv = start_in(mode, request, tmp_path, docroot, workers=2, extra=extra)
+    paths = {
+        "/static/f4096.bin": "sendfile",
+        "/dynamic/f1048579.bin": "aio_direct",
+        "/dynamic/hello.txt": "aio_buffered",
+        "/static/nope": "none",
+    }
+    t0 = time.time()
+    try:
+        for path in paths:
+            _get(srv, path, "User-Agent: probe/2\r\n")
+    finally:
+        assert stop_server(srv.proc) == 0
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [r["path"] for r in records] == list(paths)
+    for r in records:
+        assert r["via"] == paths[r["path"]]
+        assert r["remote"] == "127.0.0.1" and r["method"] == "GET"
+        assert r["user_agent"] == "probe/2" and r["worker"] in (0, 1)
+        assert 0 <= r["duration"] < 10
+        stamp = calendar.timegm(time.strptime(r["time"][:19], "%Y-%m-%dT%H:%M:%S"))
+        assert t0 - 2 <= stamp <= time.time() + 1
+    assert [r["status"] for r in records] == [200, 200, 200, 404]
+    assert [r["bytes"] for r in records] == [4096, 1024 * 1024 + 3, 6, 0]
+
+
+def test_formatter_is_one_line_whatever_the_headers() -> None:
+    req = SimpleNamespace(
+        method="GET", target=b"/a", version=11, headers={b"user-agent": b'x"\\y', b"referer": b""}
+    )
+    conn = SimpleNamespace(peer="", status=200, sent=1, req=req)
+
+    line = make_formatter("combined", 0)(conn, 0.0, 0.0, 0)  # type: ignore[arg-type]
+    stamp = "[01/Jan/1970:00:00:00 +0000]"
+    assert line == f'unix: - - {stamp} "GET /a HTTP/1.1" 200 1 "-" "x\\"\\\\y"\n'
+    record = json.loads(make_formatter("json", 3)(conn, 0.5, 0.25, 1))  # type: ignore[arg-type]
+    assert record["worker"] == 3 and record["via"] == "sendfile" and record["duration"] == 0.25
+
+
+def test_sigusr1_reopens_in_every_worker_and_loses_no_line(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path, docroot: DocRoot
+) -> None:
+    """logrotate's way: rename the file under load, then SIGUSR1 the server. Every
+    request has its line, in the rotated file or the new one, and once every worker has
+    said it reopened, nothing more goes to the rotated file."""
+    log_path = tmp_path / "access.log"
+    rotated = tmp_path / "access.log.1"
+    srv = start_in(
+        mode, request, tmp_path, docroot, workers=2, extra=["--access-log", str(log_path)]
+    )
+    paths = ["/static/hello.txt", "/dynamic/hello.txt", "/static/f4097.bin"]
+    load = Load(srv.addr, docroot, paths, threads=4, requests=150).start()
+    try:
+        load.wait_for(100)
+        os.rename(log_path, rotated)
+        srv.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while srv.log().count("reopened the access log") < 2:
+            assert time.monotonic() < deadline, srv.log()
+            time.sleep(0.02)
+        # stderr lines name the worker that wrote them
+        assert re.search(
+            r"\[worker [01]\] aws\[\d+\] INFO aws\.server: worker [01]: reo", srv.log()
+        )
+        frozen = rotated.stat().st_size
+        load.join()
+        assert rotated.stat().st_size == frozen, "a line went to the rotated file"
+        assert srv.proc.poll() is None
+    finally:
+        assert stop_server(srv.proc) == 0
+    assert not load.errors, load.errors[:5]
+    old = rotated.read_text().splitlines()
+    new = log_path.read_text().splitlines()
+    assert len(old) + len(new) == load.threads * load.requests
+    assert old and new
+    assert all(" 200 " in line for line in old + new)
