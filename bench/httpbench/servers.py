@@ -274,7 +274,10 @@ NO_PEERS = ("aws", "aws+metrics", "nginx")  # the servers that can do the dynami
 
 
 def servers_for(wl: Workload, specs: Sequence[ServerSpec]) -> list[ServerSpec]:
-    """Dynamic workloads are only meaningful for aws and nginx (the peers have no O_DIRECT)."""
+    """Dynamic workloads are only meaningful for aws and nginx (the peers have no O_DIRECT);
+    the growth rows compare aws with nginx alone."""
+    if wl.idle or wl.key == "static-64m-c256":
+        return [s for s in specs if s.name in ("aws", "nginx")]
     if wl.aws_nginx_only:
         return [s for s in specs if s.name in NO_PEERS]
     return list(specs)
