@@ -12,7 +12,7 @@ sysdeps:
 	@./scripts/need-debian-packages.sh libaio-dev:/usr/include/libaio.h gcc:cc
 
 sysdeps-test: sysdeps
-	@./scripts/need-debian-packages.sh wget:wget curl:curl
+	@./scripts/need-debian-packages.sh wget:wget curl:curl openssl:openssl systemd:systemd-socket-activate util-linux:fincore
 
 sysdeps-bench: sysdeps
 	@./scripts/need-debian-packages.sh wrk:wrk nginx-light:nginx util-linux:taskset

@@ -318,3 +318,20 @@ def test_counts_go_on_across_a_reload_in_the_single_process(docroot: DocRoot) ->
         assert _value(s, "aws_refused_connections_total") == 2
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
+
+
+def test_open_file_cache_hits_and_misses_are_counted(docroot: DocRoot) -> None:
+    from tests.conftest import start_server
+
+    mport = _free_port()
+    srv = start_server(
+        docroot.path, docroot=docroot, workers=1, extra=["--metrics", f"127.0.0.1:{mport}"]
+    )
+    try:
+        for _ in range(3):  # well within the 0.5 s a cached open file is trusted
+            _get(srv, "/static/hello.txt")
+        s = _wait_value(mport, "aws_open_file_cache_hits_total", 2)
+        assert _value(s, "aws_open_file_cache_hits_total") == 2
+        assert _value(s, "aws_open_file_cache_misses_total") == 1
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()

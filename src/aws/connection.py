@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Protocol
 from aws import respond, transfer
 from aws.aio import DynamicBody
 from aws.http import Framer, HttpError, Request
-from aws.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
+from aws.loop import EPOLLERR, EPOLLHUP, EPOLLIN
 from aws.multipart import Cursor, MultipartBody
+from aws.sending import READ_AHEAD_LIMIT, Sending
 from aws.states import (
     AIO_WAIT,
     CLOSED,
@@ -51,7 +52,6 @@ log = logging.getLogger("aws.connection")
 __all__ = ["SENDING", "TRANSITIONS", "Connection", "IllegalTransition", "State", "Worker"]
 
 RECV_SIZE = 64 * 1024
-READ_AHEAD_LIMIT = 64 * 1024  # pipelined bytes buffered while a response is in progress
 MAX_PIPELINED_PER_TURN = 32  # then yield to the other connections of the loop
 LINGER_TIMEOUT = 2.0
 
@@ -75,7 +75,7 @@ class Worker(Protocol):
     def closed(self, conn: Connection) -> None: ...
 
 
-class Connection:
+class Connection(Sending):
     __slots__ = (
         "began",
         "body",
@@ -351,225 +351,7 @@ class Connection:
         server = self.server
         self._start(respond.error(exc, req, server.date.value, self.keep_alive, server.caches))
 
-    # -- sending -------------------------------------------------------------------------
-
-    def _start(self, reply: respond.Reply) -> None:
-        server = self.server
-        self.began = server.loop.now
-        self.status = reply.status
-        self.out = reply.head
-        res = self.res = reply.res
-        if res is None:
-            self.path = ""
-            self.sent = 0  # the error body is part of the head: no file bytes
-            self._to(SEND_HEAD)
-            self._send_head(EPOLLOUT)
-            return
-        start = self.pos = reply.start
-        stop = self.stop = reply.stop
-        self.sent = 0
-        long = stop - start >= transfer.CORK_ABOVE
-        if long:
-            self.bulk = True
-            server.bulk += 1
-        if reply.way is respond.SENDFILE:
-            self.path = "sendfile"
-            if long:
-                # Only full segments until the end (nginx's tcp_nopush), instead of a
-                # short one at the end of every sendfile call.
-                self.corked = transfer.cork(self.sock, True)
-                self.warm_to = start  # a long body may be cold anywhere: ask as it goes
-            elif res.probe:
-                res.probe = False
-                self.warm_to = start  # not served lately: ask once
-            else:
-                self.warm_to = stop  # served lately and short: in the page cache
-            self._to(SEND_HEAD)
-            self._send_head(EPOLLOUT)
-            return
-        if reply.way is respond.PARTS_SENDFILE or reply.way is respond.PARTS_AIO:
-            self._start_parts(reply)
-            return
-        fd = res.fd
-        direct = res.direct
-        if not direct and res.probe:
-            # A buffered io_submit reads a cold file inside the call, on the loop: a
-            # small file not served lately is asked about, and read with O_DIRECT if cold.
-            res.probe = False
-            if transfer.warm_until(fd, start, stop) < stop and res.direct_fd() >= 0:
-                fd = res.direct_fd()
-                direct = True
-        self.path = "aio-direct" if direct else "aio-buffered"
-        self._to(AIO_WAIT)
-        self.body = DynamicBody(server.aio, self, fd, start, stop, server.config.aio_depth)
-        if not direct:
-            # A buffered read is done when io_submit returns: answer now, not a loop
-            # turn and an eventfd read later.
-            server.aio.reap_now()
-
-    def _start_parts(self, reply: respond.Reply) -> None:
-        """multipart/byteranges: delimiters and ranges, by sendfile or by AIO."""
-        res = reply.res
-        assert res is not None and isinstance(reply, respond.PartsReply)
-        server = self.server
-        if reply.way is respond.PARTS_SENDFILE:
-            self.path = "sendfile"
-            self.parts = Cursor(reply.segments)
-            if reply.stop >= transfer.CORK_ABOVE:
-                self.corked = transfer.cork(self.sock, True)
-            self._to(SEND_HEAD)
-            self._send_head(EPOLLOUT)
-            return
-        self.path = "aio-direct" if res.direct else "aio-buffered"
-        self._to(AIO_WAIT)
-        self.body = MultipartBody(server.aio, self, res.fd, reply.segments, server.config.aio_depth)
-        if not res.direct:
-            server.aio.reap_now()
-
-    def _block(self) -> None:
-        """The socket is full: wait for EPOLLOUT, and for at most send_timeout."""
-        self._want(EPOLLOUT)
-        self.deadline = self.server.loop.now + self.server.config.send_timeout
-
-    def _send_head(self, events: int) -> None:
-        try:
-            self.out = transfer.send_bytes(self.sock, self.out, self.res is not None)
-        except transfer.TransferFailed as exc:
-            self._abort(str(exc))
-            return
-        if self.out:
-            self._block()
-        elif self.res is None:
-            self._finish()
-        else:
-            self._to(SEND_FILE)
-            self._send_file(EPOLLOUT)
-
-    def _send_file(self, events: int) -> None:
-        if self.parts is not None:
-            self._send_parts()
-            return
-        res = self.res
-        assert res is not None
-        pos = self.pos
-        stop = self.stop
-        if pos >= self.warm_to:
-            warm = transfer.warm_until(res.fd, pos, stop)
-            if warm == pos:
-                self._read_cold()
-                return
-            self.warm_to = warm
-        server = self.server
-        # Fair turns: long transfers share one turn's budget, so a small request waits
-        # behind at most ~sendfile_chunk bytes of other people's downloads per turn.
-        share = server.config.sendfile_chunk
-        if server.bulk > 1:
-            share = max(transfer.MIN_SLICE, share // server.bulk)
-        try:
-            new = transfer.sendfile(self.fd, res.fd, pos, self.warm_to, share)
-        except transfer.TransferFailed as exc:
-            self._failed_transfer(exc)
-            return
-        self.sent += new - pos
-        self.pos = new
-        if new < stop:
-            self._block()  # level-triggered: back next turn, asking again past warm_to
-        else:
-            self._finish()
-
-    def _read_cold(self) -> None:
-        """The next range is not in the page cache: read it by AIO and send it from the
-        buffers (the mixed path), then go back to sendfile."""
-        res = self.res
-        assert res is not None
-        dfd = res.direct_fd()
-        if dfd < 0:  # no O_DIRECT on this file system: sendfile it, waiting if it must
-            self.warm_to = self.stop
-            self._send_file(EPOLLOUT)
-            return
-        server = self.server
-        depth = server.config.aio_depth
-        end = min(self.stop, self.pos + depth * server.aio.chunk_size)
-        self.path = "mixed"  # part of a sendfile response read by AIO: it was cold
-        self._to(AIO_WAIT)
-        self.deadline = None  # the disk is ours to wait for, not the client's fault
-        self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
-        self.body = DynamicBody(server.aio, self, dfd, self.pos, end, depth)
-
-    def _send_parts(self) -> None:
-        res = self.res
-        assert res is not None and self.parts is not None
-        try:
-            outcome, sent = transfer.send_parts(
-                self.sock, res.fd, self.parts, self.server.config.sendfile_chunk
-            )
-        except transfer.TransferFailed as exc:
-            self._failed_transfer(exc)
-            return
-        self.sent += sent
-        if outcome is transfer.DONE:
-            self.parts = None
-            self._finish()
-        else:
-            self._block()
-
-    def on_body_ready(self) -> None:
-        """The AIO read the response is waiting for has completed."""
-        if self.state is AIO_WAIT:
-            self._to(SEND_BUFFER)
-            self._send_buffers(EPOLLOUT)
-
-    def _send_buffers(self, events: int) -> None:
-        body = self.body
-        assert body is not None
-        server = self.server
-        share = server.config.sendfile_chunk
-        if server.bulk > 1:
-            share = max(transfer.MIN_SLICE, share // server.bulk)
-        try:
-            outcome, self.out, sent = transfer.send_buffers(self.sock, body, self.out, share)
-        except transfer.TransferFailed as exc:
-            self._failed_transfer(exc)
-            return
-        self.sent += sent
-        self._buffers_sent(outcome, body)
-
-    def _buffers_sent(self, outcome: str, body: DynamicBody) -> None:
-        """What follows a send of AIO buffers, whichever socket took them."""
-        if outcome is transfer.DONE:
-            if self.path == "mixed" and body.end < self.stop:  # a cold range went out
-                self.pos = body.end
-                body.close()
-                self.body = None
-                self._to(SEND_FILE)
-                self._send_file(EPOLLOUT)
-                return
-            self._finish()
-        elif outcome is transfer.BLOCKED:
-            self._block()
-        else:
-            self._to(AIO_WAIT)
-            self.deadline = None  # the disk is ours to wait for, not the client's fault
-            self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
-
-    def _failed_transfer(self, exc: transfer.TransferFailed) -> None:
-        if exc.file_changed and self.res is not None:
-            self.res.checked = float("-inf")  # the next request re-checks the file at once
-        self._abort(str(exc))
-
     # -- ending a response ---------------------------------------------------------------
-
-    def _release_body(self) -> None:
-        if self.bulk:
-            self.bulk = False
-            self.server.bulk -= 1
-        res = self.res
-        if res is not None:
-            self.res = None
-            res.release()
-        if self.body is not None:
-            self.body.close()
-            self.body = None
 
     def _finish(self) -> None:
         self._to(DONE)

@@ -90,6 +90,10 @@ class FileCache:
         self.url_lead = b"/" + os.fsencode(prefix) + b"/"  # what the patterns match under
         self._older_logged: set[bytes] = set()
         self._entries: dict[bytes, Resource] = {}
+        # For the metrics (the worker's sweep reads them): served from an open file, and
+        # opened anew (first use, or the file changed since it was opened).
+        self.hits = 0
+        self.misses = 0
         self._on_buffered = on_buffered
         # _base_fd is the boundary every open stays beneath; _lead is the path from it
         # to the prefix folder (empty when the boundary is the prefix folder itself).
@@ -130,6 +134,7 @@ class FileCache:
             key = b"/".join(segments)
         res = self._entries.get(key)
         if res is not None and now - res.checked < self.valid:
+            self.hits += 1
             res.refs += 1
             return res
         res = self._revalidate(key, segments, res, now)
@@ -154,8 +159,10 @@ class FileCache:
             ):
                 old.checked = now
                 old.probe = True
+                self.hits += 1
                 return old
             self._drop(key, old)
+        self.misses += 1
         res = self._open(key, segments, now)
         if len(self._entries) >= self.max_entries:
             oldest = next(iter(self._entries))

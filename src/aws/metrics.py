@@ -49,8 +49,10 @@ AIO_IN_FLIGHT = CONNECTIONS + 1
 AIO_QUEUED = AIO_IN_FLIGHT + 1
 REFUSED = AIO_QUEUED + 1  # counters again, added to by the sweep
 ACCEPT_PAUSES = REFUSED + 1
-assert ACCEPT_PAUSES < SLOT_CELLS
-_FOLDED = [*range(REQUESTS, CONNECTIONS), REFUSED, ACCEPT_PAUSES]
+CACHE_HITS = ACCEPT_PAUSES + 1  # open-file cache, both prefixes
+CACHE_MISSES = CACHE_HITS + 1
+assert CACHE_MISSES < SLOT_CELLS
+_FOLDED = [*range(REQUESTS, CONNECTIONS), REFUSED, ACCEPT_PAUSES, CACHE_HITS, CACHE_MISSES]
 
 # Cells of the header.
 SEQ, DRAINING, RELOADS = 0, 1, 2
@@ -101,9 +103,13 @@ class WorkerCounters:
         cells[AIO_QUEUED] = sum(len(s.aio.backlog) for s in servers)
         for s in servers:  # counters: add what is new since the last sample
             reported = s.reported
+            hits = s.static.hits + s.dynamic.hits
+            misses = s.static.misses + s.dynamic.misses
             cells[REFUSED] += s.refused - reported[0]
             cells[ACCEPT_PAUSES] += s.pauses - reported[1]
-            reported[0], reported[1] = s.refused, s.pauses
+            cells[CACHE_HITS] += hits - reported[2]
+            cells[CACHE_MISSES] += misses - reported[3]
+            reported[:] = s.refused, s.pauses, hits, misses
 
 
 class Shared:
@@ -283,6 +289,8 @@ def _render(snap: Snapshot) -> Iterator[str]:
     for cell, metric, help in (
         (REFUSED, "aws_refused_connections_total", "Connections closed at --max-connections."),
         (ACCEPT_PAUSES, "aws_accept_pauses_total", "Accept pauses for lack of descriptors."),
+        (CACHE_HITS, "aws_open_file_cache_hits_total", "Files served from an open descriptor."),
+        (CACHE_MISSES, "aws_open_file_cache_misses_total", "Files opened anew (or changed)."),
     ):
         yield _family(metric, "counter", help)
         yield _series(metric, {}, snap.total(cell))

@@ -130,7 +130,8 @@ class Server:
         if config.access_log:
             self.access_log = AccessLog(config.access_log, config.log_format, worker)
         self.counters = counters
-        self.reported = [0, 0]  # refused, pauses: as far as the counters have them
+        # refused, pauses, cache hits, misses: as far as the counters have them
+        self.reported = [0, 0, 0, 0]
         if counters is not None:
             counters.attach(self)
         self.on_response = self._response_hook()
