@@ -77,9 +77,11 @@ def test_a_client_that_stops_reading_is_dropped_after_send_timeout(
     harness.client.sendall(b"GET /static/f67108864.bin HTTP/1.1\r\nHost: t\r\n\r\n")
     for _ in range(5):
         harness.loop.run_once()  # the socketpair fills; the client reads nothing
-    assert harness.conn.state is S.SEND_FILE
+    # Blocked on the client, by sendfile, or by AIO buffers where the page cache did not
+    # hold the file (the mixed path).
+    assert harness.conn.state in S.SENDING
     let_time_pass(harness, clock, DEFAULTS.send_timeout - 1, read=False)
-    assert harness.conn.state is S.SEND_FILE
+    assert harness.conn.state in S.SENDING
     let_time_pass(harness, clock, 1.5, read=False)
     assert harness.conn.state is S.CLOSED
     assert harness.conn.res is None  # the file reference went back

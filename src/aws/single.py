@@ -64,7 +64,11 @@ class SingleProcess:
         signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
         root = os.path.abspath(config.root)
         set_title(f"aws: single process, root {root}")
-        self.listeners.announce(log, 1, root)
+
+    def _announce(self) -> None:
+        """The listening lines, once the server is up: a harness (or a person) that sees
+        them may use the server at once, its access log included."""
+        self.listeners.announce(log, 1, os.path.abspath(self.config.root))
         if self.metrics is not None:
             log.info("metrics on %s/metrics", describe(self.metrics[0]))
 
@@ -79,6 +83,7 @@ class SingleProcess:
                 counters=self.counters,
                 metrics=self.metrics,
                 reload=self.reload,
+                ready=self._announce,
             )
         finally:
             self.listeners.close()

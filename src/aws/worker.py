@@ -89,6 +89,7 @@ def run_worker(
     metrics: tuple[socket.socket, Shared] | None = None,
     reload: Callable[[], Config] | None = None,
     tls_listeners: Sequence[socket.socket] = (),
+    ready: Callable[[], None] | None = None,
 ) -> int:
     """Serve until stopped; returns the process exit status.
 
@@ -118,6 +119,8 @@ def run_worker(
     SignalWatcher(loop, serving.on_signal, interrupt=supervisor is None)
     unblock = WATCHED if supervisor is None else WATCHED - {signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
+    if ready is not None:  # the server (its access log too) exists: say it listens
+        ready()
     log.debug("worker %d (pid %d) serving on CPU %s", index, os.getpid(), cpu)
     loop.run()
     serving.close()
