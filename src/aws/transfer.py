@@ -115,6 +115,15 @@ def send_parts(sock: socket.socket, in_fd: int, cursor: Cursor, budget: int) -> 
             return BLOCKED, sent
 
 
+def _next_view(body: DynamicBody | MultipartBody) -> memoryview | None:
+    """The next read bytes of ``body`` (None: still being read), whichever socket they
+    go to; a failed or short read ends the transfer."""
+    try:
+        return body.view()
+    except (OSError, FileChanged) as exc:
+        raise TransferFailed(f"reading the file failed: {exc}", file_changed=True) from None
+
+
 def send_buffers(
     sock: socket.socket, body: DynamicBody | MultipartBody, head: bytes, budget: int
 ) -> tuple[str, bytes, int]:
@@ -122,10 +131,7 @@ def send_buffers(
     ``sendmsg``. Returns ``(outcome, head left, body bytes sent)``."""
     sent = 0
     while True:
-        try:
-            view = body.view()
-        except (OSError, FileChanged) as exc:
-            raise TransferFailed(f"reading the file failed: {exc}", file_changed=True) from None
+        view = _next_view(body)
         if view is None:
             return WAITING, head, sent
         try:
@@ -283,10 +289,7 @@ def ssl_send_buffers(
             return BLOCKED, head, 0
     sent = 0
     while True:
-        try:
-            view = body.view()
-        except (OSError, FileChanged) as exc:
-            raise TransferFailed(f"reading the file failed: {exc}", file_changed=True) from None
+        view = _next_view(body)
         if view is None:
             return WAITING, head, sent
         try:
