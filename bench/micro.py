@@ -8,7 +8,9 @@ request, the best of five rounds. Use it to compare two versions of the hot path
 by side (run it from each checkout in turn); `make bench` remains the measure that
 counts, against nginx.
 
-Usage: python bench/micro.py [/static/1k.bin | /dynamic/1k.bin]
+Usage: python bench/micro.py [/static/1k.bin | /dynamic/1k.bin] [--metrics] [--log PATH]
+(``--metrics``: count into a shared-memory slot, as ``--metrics`` does; ``--log``: write
+the access log there.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from aws.config import Config
 from aws.connection import Connection
 from aws.loop import Loop
+from aws.metrics import Shared, WorkerCounters
 from aws.server import Server
 
 ROUNDS = 5
@@ -29,7 +32,16 @@ PER_ROUND = 20_000
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else "/static/1k.bin"
+    args = sys.argv[1:]
+    counters = None
+    if "--metrics" in args:
+        args.remove("--metrics")
+        counters = WorkerCounters(Shared(1).live(0))
+    access_log = ""
+    if "--log" in args:
+        access_log = args.pop(args.index("--log") + 1)
+        args.remove("--log")
+    path = args[0] if args else "/static/1k.bin"
     with tempfile.TemporaryDirectory() as root:
         for prefix in ("static", "dynamic"):
             os.makedirs(f"{root}/{prefix}")
@@ -40,7 +52,8 @@ def main() -> None:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
-        server = Server(Config(root=root), loop, listener)
+        config = Config(root=root, access_log=access_log)
+        server = Server(config, loop, listener, counters=counters)
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         conn = Connection(server, ours, "socketpair")
@@ -67,7 +80,9 @@ def main() -> None:
         loop.close()
         theirs.close()
     shown = ", ".join(f"{r:.2f}" for r in rounds)
-    print(f"{path}: {min(rounds):.2f} us of CPU per request (best of {ROUNDS}: {shown})")
+    extra = " with metrics" if counters is not None else ""
+    extra += f" with the access log ({access_log})" if access_log else ""
+    print(f"{path}{extra}: {min(rounds):.2f} us of CPU per request (best of {ROUNDS}: {shown})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aws.metrics import Shared, WorkerCounters, render
+from aws.metrics import REQUESTS, Shared, WorkerCounters, render
 from tests.conftest import REPO, DocRoot, ServerProcess, stop_server
 from tests.ops import get_raw, mode_of, start_in, worker_pids
 
@@ -79,7 +79,7 @@ def test_counts_are_summed_over_the_workers(
             assert _get(srv, "/dynamic/f1048579.bin").startswith(b"HTTP/1.1 200 ")
             assert _get(srv, "/dynamic/hello.txt").startswith(b"HTTP/1.1 200 ")
             assert _get(srv, "/static/nope").startswith(b"HTTP/1.1 404 ")
-        s = _samples(mport)
+        s = _wait_value(mport, "aws_request_duration_seconds_count", 40)
         assert _value(s, "aws_requests_total", code="2xx", prefix="static") == 10
         assert _value(s, "aws_requests_total", code="2xx", prefix="dynamic") == 20
         assert _value(s, "aws_requests_total", code="4xx", prefix="static") == 10
@@ -119,9 +119,9 @@ def test_a_restart_is_counted_and_no_count_is_lost(docroot: DocRoot, tmp_path: P
     try:
         for _ in range(20):
             _get(srv, "/static/hello.txt")
-        time.sleep(0.1)
-        before = _value(_samples(mport), "aws_requests_total", code="2xx", prefix="static")
-        assert before == 20
+        # Published by the workers' next sweeps; a SIGKILL after that loses none of them.
+        s = _wait_value(mport, "aws_requests_total", 20, code="2xx", prefix="static")
+        assert _value(s, "aws_requests_total", code="2xx", prefix="static") == 20
         victim = worker_pids(srv)[0]
         os.kill(victim, signal.SIGKILL)
         assert srv.wait_for_log(r"worker \d restarted as pid", 10), srv.log()
@@ -130,7 +130,7 @@ def test_a_restart_is_counted_and_no_count_is_lost(docroot: DocRoot, tmp_path: P
         restarts = [_value(s, "aws_worker_restarts_total", worker=w) for w in "01"]
         assert sorted(restarts) == [0, 1]
         _get(srv, "/static/hello.txt")
-        s = _samples(mport)
+        s = _wait_value(mport, "aws_requests_total", 21, code="2xx", prefix="static")
         assert _value(s, "aws_requests_total", code="2xx", prefix="static") == 21
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
@@ -218,21 +218,28 @@ def test_slots_fold_into_retired_totals_and_render_parses() -> None:
     assert a is not None
     shared.bind(a, 1234)
     counters = WorkerCounters(shared.live(a))
+    took = 0.0
+    count = counters.counter(lambda: took)
 
     class Req:
         prefix = b"static"
 
     class Conn:
-        req, status, sent = Req(), 200, 100
+        req, status, sent, path, began = Req(), 200, 100, "sendfile", 0.0
 
-    for duration in (0.0001, 0.003, 20.0):
-        counters.count(Conn(), duration, 1)  # type: ignore[arg-type]
+    for took in (0.0001, 0.003, 20.0):
+        assert count(Conn()) == took  # type: ignore[arg-type]
+    assert shared.snapshot().total(REQUESTS + 2 * 3) == 0  # tallied, not yet published
+    counters.sample()  # the worker's sweep
     shared.release(a)
     b = shared.claim(0)
     assert b == a  # given back, and zeroed
     shared.bind(b, 1235)
     counters = WorkerCounters(shared.live(b))
-    counters.count(Conn(), 0.0001, 1)  # type: ignore[arg-type]
+    count = counters.counter(lambda: 0.0001)
+    count(Conn())  # type: ignore[arg-type]
+    counters.sample()
+    count(Conn())  # type: ignore[arg-type]  # never sampled: not shown
     shared.restarted(0)
     snap = shared.snapshot()
     families = {f.name: f for f in text_string_to_metric_families(render(snap))}
@@ -307,6 +314,7 @@ def test_counts_go_on_across_a_reload_in_the_single_process(docroot: DocRoot) ->
         assert srv.wait_for_log("SIGHUP: reloaded the configuration; 1 connections", 10), srv.log()
         for _ in range(5):
             _get(srv, "/static/hello.txt")
+        _wait_value(mport, "aws_requests_total", 10, code="2xx", prefix="static")
         s = _wait_value(mport, "aws_connections_open", 1, worker="0")
         assert _value(s, "aws_connections_open", worker="0") == 1  # the old server's download
         assert _value(s, "aws_requests_total", code="2xx", prefix="static") == 10

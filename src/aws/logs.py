@@ -32,7 +32,7 @@ FORMATS = ("common", "combined", "json")
 # by AIO because it was not in the page cache; "tls_copy": read and written through SSL).
 WAY_NONE, WAY_SENDFILE, WAY_AIO_DIRECT, WAY_AIO_BUFFERED, WAY_MIXED, WAY_TLS_COPY = range(6)
 WAY_NAMES = ("none", "sendfile", "aio_direct", "aio_buffered", "mixed", "tls_copy")
-_BY_PATH = {
+BY_PATH = {
     "": WAY_NONE,
     "sendfile": WAY_SENDFILE,
     "aio-direct": WAY_AIO_DIRECT,
@@ -43,7 +43,7 @@ _BY_PATH = {
 
 
 def way_of(conn: Connection) -> int:
-    return _BY_PATH[conn.path] if conn.res is not None else WAY_NONE
+    return BY_PATH[conn.path] if conn.res is not None else WAY_NONE
 
 
 def peer_text(peer: object) -> str:

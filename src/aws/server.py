@@ -163,17 +163,17 @@ class Server:
         def log_only(conn: Connection) -> None:
             access_log.write(conn, clock() - conn.began, way_of(conn))  # type: ignore[union-attr]
 
-        def count_only(conn: Connection) -> None:
-            counters.count(conn, clock() - conn.began, way_of(conn))  # type: ignore[union-attr]
-
-        def both(conn: Connection) -> None:
-            duration, way = clock() - conn.began, way_of(conn)
-            access_log.write(conn, duration, way)  # type: ignore[union-attr]
-            counters.count(conn, duration, way)  # type: ignore[union-attr]
-
         if counters is None:
             return log_only
-        return count_only if access_log is None else both
+        count = counters.counter(clock)
+        if access_log is None:
+            return count  # type: ignore[return-value]
+        write = access_log.write
+
+        def both(conn: Connection) -> None:
+            write(conn, count(conn), way_of(conn))
+
+        return both
 
     def reopen_logs(self) -> None:
         if self.access_log is not None:

@@ -30,7 +30,7 @@ from aws.limits import check_aio
 from aws.listeners import StartupError, restart_needed
 from aws.logs import tag_process
 from aws.loop import EPOLLIN, Loop
-from aws.metrics import Shared, WorkerCounters
+from aws.metrics import Shared, Snapshot, WorkerCounters
 from aws.metrics_http import MetricsListener
 from aws.proctitle import set_title
 from aws.server import Server
@@ -115,7 +115,17 @@ def run_worker(
         return EXIT_FATAL
     serving = Serving(index, loop, server, supervisor, metrics, reload)
     if metrics is not None:
-        MetricsListener(loop, metrics[0], metrics[1].snapshot)
+        shared = metrics[1]
+        if counters is None:
+            MetricsListener(loop, metrics[0], shared.snapshot)
+        else:  # this process counts too: a scrape publishes its tallies first
+            tally = counters
+
+            def snapshot() -> Snapshot:
+                tally.sample()
+                return shared.snapshot()
+
+            MetricsListener(loop, metrics[0], snapshot)
     SignalWatcher(loop, serving.on_signal, interrupt=supervisor is None)
     unblock = WATCHED if supervisor is None else WATCHED - {signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_UNBLOCK, unblock)
