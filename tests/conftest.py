@@ -1,9 +1,10 @@
 """Shared fixtures: a generated document root and a real server in a subprocess.
 
 The ``server`` fixture is parametrized: every end-to-end test runs once against the
-plain server and once against the server started under the LD_PRELOAD shim that splits
-every socket transfer in half (``tests/shim``). ``--shim-only`` / ``--plain-only`` pick
-one mode.
+plain server, once against the server started under the LD_PRELOAD shim that splits
+every socket transfer in half (``tests/shim``), and once against the plain server with
+its C fast path for repeated requests off (``pure``: the Python reference path alone).
+``--shim-only`` / ``--plain-only`` pick one mode.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "server" in metafunc.fixturenames:
-        modes = ["plain", "shim"]
+        # "pure": plain sockets, the server on its Python reference path alone
+        # (--no-fast-path), so the suite checks both ways of answering a repeated request.
+        modes = ["plain", "shim", "pure"]
         if metafunc.config.getoption("--plain-only"):
             modes = ["plain"]
         elif metafunc.config.getoption("--shim-only"):
@@ -159,6 +162,8 @@ def start_server(
     """Start the server on a free port (``--port 0``) and wait for its listening line."""
     cmd = [sys.executable, "-m", "aws", "--root", str(root), "--workers", str(workers)]
     cmd += ["--log-level", "info", *(extra or [])]
+    if mode == "pure":
+        cmd.append("--no-fast-path")
     if env is None:
         env = dict(os.environ)
         if mode == "shim":

@@ -138,7 +138,7 @@ def test_a_cold_small_dynamic_file_is_read_direct(harness: Harness, cold_root: D
     evict(cold_root.path / "dynamic" / "small.bin")
     assert _get(harness, "/dynamic/small.bin") == cold_root.content("/dynamic/small.bin")
     cache = harness.server.dynamic
-    [res] = cache._entries.values()
+    [res] = cache.entries.values()
     assert res.direct_fd() >= 0  # opened for the cold read
     assert not res.probe  # asked once; the next request within the interval does not
 

@@ -133,14 +133,17 @@ class RecordingConnection(Connection):
 class Harness:
     """A real Server and Loop; the test plays the client over a socketpair."""
 
-    def __init__(self, root: DocRoot, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, root: DocRoot, clock: Callable[[], float] = time.monotonic, **options: object
+    ) -> None:
         self.loop = Loop(clock=clock)
         # Poll briefly instead of until the next sweep timer: the test pumps the loop itself.
         self.loop._timeout = lambda: 0.002  # type: ignore[method-assign]
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
-        self.server = Server(Config(root=str(root.path)), self.loop, self.listener)
+        config = Config(root=str(root.path), **options)  # type: ignore[arg-type]
+        self.server = Server(config, self.loop, self.listener)
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         theirs.setblocking(False)

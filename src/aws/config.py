@@ -236,6 +236,13 @@ class Config:
         help="serve x.br, x.zst or x.gz for x when Accept-Encoding allows (nginx's "
         "gzip_static); a sibling older than x is ignored",
     )
+    fast_path: bool = option(
+        True,
+        parse=bool,
+        help="answer a keep-alive request that repeats the last one's bytes, while its "
+        "file is unchanged, in one C call (the same recv, send and sendfile); "
+        "--no-fast-path runs the Python reference path only",
+    )
     cache_control: tuple[tuple[str, str], ...] = option(
         (),
         parse=cache_rule,

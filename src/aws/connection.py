@@ -13,11 +13,14 @@ says EAGAIN, then waits for EPOLLOUT; every read keeps what it got and waits for
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from aiobind import replay
 from aws import respond, transfer
 from aws.aio import DynamicBody
 from aws.http import Framer, HttpError, Request
@@ -41,6 +44,7 @@ from aws.states import (
 )
 
 if TYPE_CHECKING:
+    from aiobind.replay import Replay
     from aws.aio import AioReader
     from aws.config import Config
     from aws.files import FileCache, Resource
@@ -72,11 +76,15 @@ class Worker(Protocol):
     # Called once per response, before its body is released (None: nobody asked).
     on_response: Callable[[Connection], None] | None
 
+    replay: Replay  # the C fast path for a repeated request, and its largest body
+    replay_max: int
+
     def closed(self, conn: Connection) -> None: ...
 
 
 class Connection(Sending):
     __slots__ = (
+        "again",
         "began",
         "body",
         "bulk",
@@ -120,7 +128,10 @@ class Connection(Sending):
         self.eof = False  # the client shut down its sending side
         self.busy = False  # inside _process: completions must not recurse into it
         self.requests = 0
-        self.req: Request | None = None
+        self.req: Request | None = None  # the last request answered (kept for _replay)
+        # After a short sendfile reply that may be given again: the request's bytes, the
+        # reply, the Date it carries and its cache (see _replay).
+        self.again: tuple[bytes, respond.Reply, bytes, FileCache] | None = None
         self.pending: Request | None = None  # waiting for its body to be discarded
         self.keep_alive = True
         self.out = b""  # head (or whole small response) bytes not yet sent
@@ -225,6 +236,9 @@ class Connection(Sending):
     def _on_readable(self, events: int) -> None:
         # The hot path of every request: recv is inlined here (each Python call saved is
         # ~60 ns on 3.11; measured with bench/micro.py). A TLS connection overrides it.
+        again = self.again
+        if again is not None and not self.framer.buf and self._replay(again):
+            return
         try:
             data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -233,6 +247,95 @@ class Connection(Sending):
             log.debug("%s: recv failed: %s", self.peer, exc)
             data = b""
         self._received(data)
+
+    # -- the fast path ---------------------------------------------------------------------
+
+    def _replay(self, again: tuple[bytes, respond.Reply, bytes, FileCache]) -> bool:
+        """The one hot-path trick, and the only place the machine moves outside ``_to``:
+        a keep-alive request whose bytes repeat the last one's, while everything its
+        answer depends on is as it was, is answered by ``aiobind.replay`` in one C call
+        that makes the same recv, send(MSG_MORE) and sendfile the Python path makes
+        (READ_HEAD, SEND_HEAD, SEND_FILE, DONE and back, in C). Measured: see
+        ARCHITECTURE.md. False: not applicable now (``again`` is dropped), read as usual.
+
+        The answer is the same when the same bytes parse to the same request (parsing
+        is a pure function of them), its Resource is still the fresh cache entry for its
+        key (what ``FileCache.acquire`` would return without a stat), the Date second is
+        the same and the worker is not draining (the keep-alive decision)."""
+        raw, reply, date, cache = again
+        server = self.server
+        res = reply.res
+        req = self.req
+        assert res is not None and req is not None
+        if (
+            server.date.value is not date
+            or server.draining
+            or res.probe
+            or server.loop.now - res.checked >= cache.valid
+            or cache.entries.get(req.key) is not res
+        ):
+            self.again = None
+            return False
+        start, stop = reply.start, reply.stop
+        done = server.replay
+        outcome = done.serve(self.fd, raw, reply.head, res.fd, start, stop)
+        if outcome == replay.SERVED:
+            self.requests += 1
+            cache.hits += 1
+            self.status = reply.status
+            self.sent = stop - start
+            self.path = "sendfile"
+            finish = server.on_response
+            if finish is not None:
+                self.began = server.loop.now
+                self.res = res
+                finish(self)
+                self.res = None
+            self.deadline = server.loop.now + server.config.keepalive_timeout
+            return True
+        if outcome == replay.OTHER:
+            self._received(done.data())
+        elif outcome == replay.BLOCKED:  # the rest as the Python path sends it
+            self.requests += 1
+            cache.hits += 1
+            res.refs += 1
+            self.res = res
+            self.began = server.loop.now
+            self.status = reply.status
+            self.path = "sendfile"
+            self.pos = pos = done.file_pos
+            self.stop = self.warm_to = stop
+            self.sent = pos - start
+            self.out = reply.head[done.head_sent :]
+            self._to(SEND_HEAD)
+            if not self.out:
+                self._to(SEND_FILE)
+            self._block()
+        elif outcome == replay.FAILED or outcome == replay.SHRANK:
+            self.requests += 1
+            cache.hits += 1
+            if outcome == replay.SHRANK:
+                res.checked = float("-inf")  # the next request re-checks the file at once
+                self._abort("file shrank during the transfer")
+            else:
+                what = "send" if done.head_sent < len(reply.head) else "sendfile"
+                self._abort(f"{what} failed: {OSError(done.errno, os.strerror(done.errno))}")
+        elif outcome == -errno.EAGAIN:
+            pass
+        elif outcome == replay.CLOSED:
+            self._received(b"")
+        else:
+            log.debug("%s: recv failed: %s", self.peer, OSError(-outcome, os.strerror(-outcome)))
+            self._received(b"")
+        return True
+
+    def _replayable(self, reply: respond.Reply) -> None:
+        """Called by ``_start`` for a short reply sent whole from the page cache."""
+        req = self.req
+        res = reply.res
+        if req is not None and req.raw is not None and res is not None and not res.encoding:
+            server = self.server
+            self.again = (req.raw, reply, server.date.value, server.caches[req.prefix])
 
     def _received(self, data: bytes) -> None:
         """New bytes of request heads (b"": the client closed)."""
@@ -372,7 +475,6 @@ class Connection(Sending):
                 self.close()
             return
         self._to(READ_HEAD)
-        self.req = None
         if self.mask != EPOLLIN:
             self._want(EPOLLIN)
         self.deadline = server.loop.now + server.config.keepalive_timeout

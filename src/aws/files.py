@@ -89,7 +89,9 @@ class FileCache:
         self.policy = policy if policy is not None else Policy()
         self.url_lead = b"/" + os.fsencode(prefix) + b"/"  # what the patterns match under
         self._older_logged: set[bytes] = set()
-        self._entries: dict[bytes, Resource] = {}
+        # Open files by key, oldest first. Read by Connection._replay too: a request
+        # answered again is one whose Resource is still this entry.
+        self.entries: dict[bytes, Resource] = {}
         # For the metrics (the worker's sweep reads them): served from an open file, and
         # opened anew (first use, or the file changed since it was opened).
         self.hits = 0
@@ -132,7 +134,7 @@ class FileCache:
         """
         if key is None:
             key = b"/".join(segments)
-        res = self._entries.get(key)
+        res = self.entries.get(key)
         if res is not None and now - res.checked < self.valid:
             self.hits += 1
             res.refs += 1
@@ -164,14 +166,14 @@ class FileCache:
             self._drop(key, old)
         self.misses += 1
         res = self._open(key, segments, now)
-        if len(self._entries) >= self.max_entries:
-            oldest = next(iter(self._entries))
-            self._drop(oldest, self._entries[oldest])
-        self._entries[key] = res
+        if len(self.entries) >= self.max_entries:
+            oldest = next(iter(self.entries))
+            self._drop(oldest, self.entries[oldest])
+        self.entries[key] = res
         return res
 
     def _drop(self, key: bytes, res: Resource) -> None:
-        del self._entries[key]
+        del self.entries[key]
         for _, variant in res.variants or ():
             variant.stale = True
             if variant.refs == 0:
@@ -347,8 +349,8 @@ class FileCache:
         return None
 
     def close(self) -> None:
-        for key in list(self._entries):
-            self._drop(key, self._entries[key])
+        for key in list(self.entries):
+            self._drop(key, self.entries[key])
         if self._base_fd >= 0:
             os.close(self._base_fd)
             self._base_fd = -1

@@ -101,6 +101,7 @@ class Request:
         "key",
         "method",
         "prefix",
+        "raw",
         "segments",
         "target",
         "version",
@@ -128,6 +129,7 @@ class Request:
         self.prefix = segments[0] if segments else None
         self.key = b"/".join(segments[1:]) if segments else b""
         self.conditional = not _CONDITIONAL_FIELDS.isdisjoint(headers)
+        self.raw: bytes | None = None  # the head's bytes, when memoized (see parse_memoized)
         self.content_length = content_length
         conn = headers.get(b"connection")
         if conn is None:
@@ -416,6 +418,7 @@ def parse_memoized(head: bytes) -> Request:
         if len(head) <= PARSE_MEMO_HEAD:
             if len(_parsed) >= PARSE_MEMO_SIZE:
                 _parsed.clear()
+            req.raw = head  # before it is shared: what a replayed request must equal
             _parsed[head] = req
     return req
 

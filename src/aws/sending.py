@@ -33,6 +33,7 @@ class Sending:
     __slots__ = ()
 
     server: Worker
+    again: object
     sock: socket.socket
     fd: int
     state: State
@@ -66,8 +67,12 @@ class Sending:
     def _abort(self, why: str) -> None:
         raise NotImplementedError
 
+    def _replayable(self, reply: respond.Reply) -> None:
+        raise NotImplementedError
+
     def _start(self, reply: respond.Reply) -> None:
         server = self.server
+        self.again = None
         self.began = server.loop.now
         self.status = reply.status
         self.out = reply.head
@@ -97,6 +102,8 @@ class Sending:
                 self.warm_to = start  # not served lately: ask once
             else:
                 self.warm_to = stop  # served lately and short: in the page cache
+                if stop - start <= server.replay_max:
+                    self._replayable(reply)
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return

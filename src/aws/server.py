@@ -16,15 +16,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from aiobind.replay import Replay
 from aws import errorpages, heads, sitepolicy
 from aws.aio import AioReader
 from aws.config import Config
-from aws.connection import Connection
+from aws.connection import RECV_SIZE, Connection
 from aws.files import FileCache
 from aws.logs import AccessLog, way_of
 from aws.loop import EPOLLIN, Loop
 from aws.respond import AIO, SENDFILE
 from aws.tls_connection import TlsConnection, TlsSide
+from aws.transfer import MIN_SLICE
 
 if TYPE_CHECKING:
     from aws.metrics import WorkerCounters
@@ -83,6 +85,10 @@ class Server:
         self.draining = False
         self.keep_promised = False
         self.bulk = 0  # long transfers in progress (they share each turn's byte budget)
+        # The fast path for a repeated request (Connection._replay): bodies up to this
+        # long, all sent in one turn whatever the fair share (0: off).
+        self.replay = Replay(RECV_SIZE)
+        self.replay_max = min(MIN_SLICE, config.sendfile_chunk) if config.fast_path else 0
         self.accept_paused = False
         self.refused = 0
         self.pauses = 0

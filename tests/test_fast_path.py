@@ -1,0 +1,333 @@
+"""The C fast path for a repeated keep-alive request (``Connection._replay``).
+
+In-process first: a real Connection over a socketpair (the state-recording harness of
+``test_connection_states``) shows when the fast path answers (no state is entered in
+Python) and every reason it must not (the file changed, the Date second turned, a
+drain, other bytes, the socket filled up). Then end to end: the same conversation with
+a server on the fast path and one with ``--no-fast-path``, plain and under the shim,
+must get the same bytes back (apart from the Date header).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aws.metrics import REQUESTS, Shared, WorkerCounters
+from tests.conftest import DocRoot, ServerProcess, file_name, stop_server
+from tests.ops import mode_of, start_in
+from tests.test_connection_states import Harness
+
+SMALL = b"<p>small</p>\n" * 100  # within the fast path's body limit
+MID = os.urandom(60 * 1024)  # within it too, but more than a small socket buffer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> DocRoot:
+    root = DocRoot(tmp_path / "root")
+    for prefix in ("static", "dynamic"):
+        d = root.path / prefix
+        d.mkdir(parents=True)
+        for name, data in (("small.html", SMALL), ("mid.bin", MID), ("other.txt", b"other\n")):
+            (d / name).write_bytes(data)
+            root.contents[f"/{prefix}/{name}"] = data
+    return root
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def h(site: DocRoot, clock: Clock) -> Iterator[Harness]:
+    harness = Harness(site, clock=clock)
+    yield harness
+    harness.close()
+
+
+def _get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+def _ask(h: Harness, raw: bytes, count: int = 1) -> list[tuple[int, bytes]]:
+    h.received.clear()
+    h.client.sendall(raw)
+    return h.responses(count)
+
+
+def _warm(h: Harness, raw: bytes) -> None:
+    """Twice: the second answer is the one that can be given again."""
+    _ask(h, raw)
+    _ask(h, raw)
+    assert h.conn.again is not None
+
+
+def _states(h: Harness) -> int:
+    return len(h.conn.trace)
+
+
+def test_a_repeated_request_is_answered_without_entering_a_state(h: Harness) -> None:
+    # The first answer of a file just opened asks the page cache about it (not served
+    # lately): that one is not replayed, the next one is.
+    assert _ask(h, _get("/static/small.html")) == [(200, SMALL)]
+    assert h.conn.again is None
+    assert _ask(h, _get("/static/small.html")) == [(200, SMALL)]
+    assert h.conn.again is not None
+    first = bytes(h.received)
+    seen = _states(h)
+    hits = h.server.static.hits
+    for _ in range(3):
+        assert _ask(h, _get("/static/small.html")) == [(200, SMALL)]
+        assert bytes(h.received) == first  # the same head, byte for byte
+    assert _states(h) == seen  # answered in C: no move of the Python machine
+    assert h.conn.requests == 5
+    assert h.server.static.hits == hits + 3  # counted as the open-file cache hits they are
+    assert h.conn.state.name == "READ_HEAD" and h.conn.res is None
+
+
+def test_off_it_takes_the_python_path_every_time(site: DocRoot, clock: Clock) -> None:
+    h = Harness(site, clock=clock, fast_path=False)
+    try:
+        for _ in range(3):
+            assert _ask(h, _get("/static/small.html")) == [(200, SMALL)]
+        assert [s.name for s in h.conn.trace].count("SEND_FILE") == 3
+        assert h.conn.again is None
+    finally:
+        h.close()
+
+
+def test_only_short_static_bodies_sent_whole_are_replayed(h: Harness) -> None:
+    _ask(h, _get("/dynamic/small.html"))
+    _ask(h, _get("/dynamic/small.html"))
+    assert h.conn.again is None  # AIO: never
+    _warm(h, _get("/static/small.html", "Range: bytes=0-9\r\n"))  # a short range: yes
+    _ask(h, _get("/static/small.html", "Range: bytes=0-9,20-29\r\n"))  # multipart: no
+    assert h.conn.again is None
+    h.conn.trace.clear()
+    _ask(h, b"HEAD /static/small.html HTTP/1.1\r\nHost: t\r\n\r\n", 0)  # no body: no
+    assert h.conn.again is None
+
+
+def test_a_range_and_a_conditional_request_repeat_exactly(h: Harness) -> None:
+    ranged = _get("/static/small.html", "Range: bytes=10-19\r\n")
+    _warm(h, ranged)
+    seen = _states(h)
+    assert _ask(h, ranged) == [(206, SMALL[10:20])]
+    assert _states(h) == seen
+
+
+def test_a_changed_file_is_seen_once_the_cache_would_look_again(
+    h: Harness, site: DocRoot, clock: Clock
+) -> None:
+    path = site.path / "static" / "small.html"
+    _warm(h, _get("/static/small.html"))
+    new = SMALL.upper()
+    path.write_bytes(new)
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    clock.now += h.server.config.open_file_valid  # the cache's revalidation interval
+    seen = _states(h)
+    assert _ask(h, _get("/static/small.html")) == [(200, new)]
+    assert _states(h) > seen  # decided in Python again (a stat, a new descriptor)
+
+
+def test_a_removed_file_is_a_404_once_the_cache_would_look_again(
+    h: Harness, site: DocRoot, clock: Clock
+) -> None:
+    _warm(h, _get("/static/other.txt"))
+    (site.path / "static" / "other.txt").unlink()
+    clock.now += h.server.config.open_file_valid
+    [(status, _)] = _ask(h, _get("/static/other.txt"))
+    assert status == 404
+
+
+def test_a_new_date_second_is_decided_again(h: Harness) -> None:
+    _warm(h, _get("/static/small.html"))
+    seen = _states(h)
+    h.server.date.refresh()
+    h.server.date.value = bytes(bytearray(h.server.date.value))  # another second's value
+    _ask(h, _get("/static/small.html"))
+    assert _states(h) > seen
+
+
+def test_a_drain_answers_with_close_from_python(h: Harness) -> None:
+    _warm(h, _get("/static/small.html"))
+    h.server.draining = True
+    h.received.clear()
+    h.client.sendall(_get("/static/small.html"))
+    h.pump_until(lambda: h.client_eof)
+    assert b"Connection: close" in bytes(h.received)
+    assert bytes(h.received).endswith(SMALL)
+
+
+def test_other_bytes_and_pipelined_ones_go_the_python_way(h: Harness) -> None:
+    _warm(h, _get("/static/small.html"))
+    assert _ask(h, _get("/static/other.txt")) == [(200, b"other\n")]
+    assert _ask(h, _get("/static/small.html")) == [(200, SMALL)]
+    two = _get("/static/small.html") * 2
+    assert _ask(h, two, 2) == [(200, SMALL), (200, SMALL)]
+    half = _get("/static/small.html")
+    h.received.clear()
+    h.client.sendall(half[:10])  # a fragment: kept, then completed
+    for _ in range(3):
+        h.loop.run_once()
+    h.client.sendall(half[10:])
+    assert h.responses(1) == [(200, SMALL)]
+
+
+def test_a_full_socket_hands_the_rest_to_the_python_machine(h: Harness) -> None:
+    _warm(h, _get("/static/mid.bin"))
+    seen = _states(h)
+    filler = 0  # the server's socket is full before the request comes
+    while True:
+        try:
+            filler += h.conn.sock.send(b"\0" * 65536)
+        except BlockingIOError:
+            break
+    h.client.sendall(_get("/static/mid.bin"))
+    h.loop.run_once()
+    assert h.conn.state.name == "SEND_HEAD"  # the C call could send nothing: Python goes on
+    drained = 0
+    while drained < filler:
+        try:
+            drained += len(h.client.recv(min(1 << 16, filler - drained)))
+        except BlockingIOError:
+            h.loop.run_once()
+    h.received.clear()
+    assert h.responses(1) == [(200, MID)]
+    names = [s.name for s in h.conn.trace[seen:]]
+    assert names == ["SEND_HEAD", "SEND_FILE", "DONE", "READ_HEAD"], names
+    assert h.conn.res is None and h.conn.requests == 3
+    for res in h.server.static.entries.values():
+        assert res.refs == 0  # the reference taken for the Python half was given back
+
+
+def test_a_client_gone_mid_answer_closes_and_leaks_nothing(h: Harness) -> None:
+    _warm(h, _get("/static/small.html"))
+    h.client.sendall(_get("/static/small.html"))
+    h.client.close()
+    for _ in range(5):
+        h.loop.run_once()
+    assert h.conn.state.name == "CLOSED"
+    for res in h.server.static.entries.values():
+        assert res.refs == 0
+
+
+def test_replayed_responses_are_logged_and_counted(
+    site: DocRoot, clock: Clock, tmp_path: Path
+) -> None:
+    log = tmp_path / "access.log"
+    h = Harness(site, clock=clock, access_log=str(log), log_format="json")
+    counters = WorkerCounters(Shared(1).live(0))
+    counters.attach(h.server)
+    h.server.counters = counters
+    h.server.on_response = h.server._response_hook()
+    try:
+        for _ in range(5):
+            _ask(h, _get("/static/small.html"))
+        counters.sample()
+        assert counters.cells[REQUESTS + 2 * 3 + 0] == 5  # 2xx, static
+        h.server.access_log.file.flush()  # type: ignore[union-attr]
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        assert len(lines) == 5
+        assert all(line["via"] == "sendfile" and line["status"] == 200 for line in lines)
+        assert all(line["bytes"] == len(SMALL) for line in lines)
+    finally:
+        h.close()
+
+
+# -- end to end: the same answers either way ----------------------------------------------
+
+
+@pytest.fixture(params=["plain", "shim"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return mode_of(request)
+
+
+CONVERSATION = [
+    _get("/static/hello.txt"),
+    _get("/static/hello.txt"),
+    _get("/static/hello.txt"),
+    _get("/static/f4097.bin"),
+    _get("/static/f4097.bin", "Range: bytes=100-199\r\n"),
+    _get("/static/f4097.bin", "Range: bytes=100-199\r\n"),
+    _get("/static/f4097.bin", "If-None-Match: *\r\n"),
+    _get("/static/f4097.bin", "If-None-Match: *\r\n"),
+    b"HEAD /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"HEAD /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+    _get("/static/nope"),
+    _get("/static/nope"),
+    _get("/dynamic/hello.txt"),
+    _get("/dynamic/hello.txt"),
+    _get("/static/hello.txt") * 3,
+    _get("/static/f4096.bin"),
+    _get("/static/f4096.bin"),
+    _get("/static/hello.txt", "Connection: close\r\n"),
+]
+
+
+def _converse(srv: ServerProcess) -> list[bytes]:
+    """Each request in turn on one connection; each answer with its Date taken out."""
+    out = []
+    with socket.create_connection(srv.addr, timeout=10) as s:
+        for raw in CONVERSATION:
+            s.sendall(raw)
+            want = raw.count(b"HTTP/1.1\r\n")
+            got = b""
+            while got.count(b"HTTP/1.1 ") < want or not _complete(got, raw):
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+            out.append(re.sub(rb"(?m)^Date: [^\r]*\r\n", b"", got))
+    return out
+
+
+def _complete(got: bytes, raw: bytes) -> bool:
+    """Every response in ``got`` has its head and its whole body."""
+    heads_only = raw.startswith(b"HEAD ")
+    rest = got
+    while rest:
+        end = rest.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        m = re.search(rb"(?im)^content-length: *(\d+)", rest[:end])
+        length = 0 if heads_only or m is None else int(m.group(1))
+        if rest[:12].endswith(b"304"):
+            length = 0
+        if len(rest) < end + 4 + length:
+            return False
+        rest = rest[end + 4 + length :]
+    return True
+
+
+def test_the_fast_path_answers_exactly_as_the_python_path(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path, docroot: DocRoot
+) -> None:
+    answers = {}
+    for label, extra in (("fast", []), ("reference", ["--no-fast-path"])):
+        srv = start_in(mode, request, tmp_path / label, docroot, workers=1, extra=extra)
+        try:
+            answers[label] = _converse(srv)
+        finally:
+            assert stop_server(srv.proc) == 0, srv.log()
+    assert len(answers["fast"]) == len(CONVERSATION)
+    for i, (fast, ref) in enumerate(zip(answers["fast"], answers["reference"], strict=True)):
+        assert fast == ref, f"request {i}: {CONVERSATION[i]!r}"
+    assert answers["fast"][1].endswith(b"\r\n\r\nhello\n")
+    assert answers["fast"][16].endswith(docroot.content(f"/static/{file_name(4096)}"))
