@@ -7,6 +7,7 @@ reloads inside itself."""
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import socket
 import threading
@@ -134,6 +135,23 @@ def test_reload_every_second_under_load_loses_nothing(
     assert "died" not in srv.log() and "cut" not in srv.log(), srv.log()
 
 
+def _wait_until_open(srv: ServerProcess, path: Path, count: int) -> None:
+    """Until ``count`` worker processes hold ``path`` open."""
+    deadline = time.monotonic() + 10
+    while True:
+        holding = 0
+        for pid in worker_pids(srv):
+            fds = Path(f"/proc/{pid}/fd")
+            try:
+                holding += any(os.readlink(fd) == str(path) for fd in fds.iterdir())
+            except OSError:
+                continue  # gone, or a descriptor closed while listed
+        if holding >= count:
+            return
+        assert time.monotonic() < deadline, f"{holding} of {count} workers opened {path}"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("workers", [2, 1])
 def test_a_config_that_fails_keeps_the_old_workers_and_a_good_one_is_applied(
     workers: int, tmp_path: Path, docroot: DocRoot
@@ -149,6 +167,9 @@ def test_a_config_that_fails_keeps_the_old_workers_and_a_good_one_is_applied(
     srv = start_server(docroot.path, docroot=docroot, workers=workers, extra=extra)
     get = b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     try:
+        # The listening line comes before the workers have opened their log: moved away
+        # before that, a worker could not start at all (a matter for another test).
+        _wait_until_open(srv, logs / "access.log", workers)
         pids = worker_pids(srv)
         logs.rename(tmp_path / "moved")
         srv.proc.send_signal(signal.SIGHUP)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aiobind import replay
+from aiobind import EventFD, replay
 from aiobind.replay import Replay
 
 REQUEST = b"GET /static/x HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -152,3 +152,79 @@ def test_a_file_shorter_than_promised_shrank(
     assert r.serve(server.fileno(), REQUEST, HEAD, body, 0, len(BODY) + 10) == replay.SHRANK
     assert r.file_pos == len(BODY)
     assert _read(client, len(HEAD) + len(BODY)) == HEAD + BODY
+
+
+# -- a body read by AIO -------------------------------------------------------------------
+
+
+def test_a_body_read_by_aio_goes_out_with_the_head_in_one_answer(
+    pair: tuple[socket.socket, socket.socket], body: int
+) -> None:
+    server, client = pair
+    efd = EventFD()
+    r = Replay()
+    try:
+        for _ in range(2):  # the context and buffer are reused
+            client.sendall(REQUEST)
+            got = r.serve_read(server.fileno(), REQUEST, HEAD, body, 10, 4010, efd.fileno())
+            assert got == replay.SERVED
+            assert _read(client, len(HEAD) + 4000) == HEAD + BODY[10:4010]
+            assert efd.read() == 1  # the completion was signalled on the caller's eventfd
+    finally:
+        r.close()
+        efd.close()
+
+
+def test_a_short_read_leaves_the_request_unanswered(
+    pair: tuple[socket.socket, socket.socket], body: int
+) -> None:
+    server, client = pair
+    client.sendall(REQUEST)
+    r = Replay()
+    efd = EventFD()
+    try:
+        got = r.serve_read(server.fileno(), REQUEST, HEAD, body, 4000, 5000, efd.fileno())
+        assert got == replay.OTHER  # the file ends at 4096: the caller decides again
+        assert r.data() == REQUEST
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.recv(1)
+    finally:
+        r.close()
+        efd.close()
+
+
+def test_a_full_socket_keeps_the_read_body_for_the_rest(tmp_path: Path) -> None:
+    server, client = socket.socketpair()
+    data = os.urandom(60 * 1024)
+    (tmp_path / "mid").write_bytes(data)
+    fd = os.open(tmp_path / "mid", os.O_RDONLY)
+    efd = EventFD()
+    r = Replay()
+    try:
+        server.setblocking(False)
+        filler = 0
+        while True:
+            try:
+                filler += server.send(b"\0" * 65536)
+            except BlockingIOError:
+                break
+        client.sendall(REQUEST)
+        got = r.serve_read(server.fileno(), REQUEST, HEAD, fd, 0, len(data), efd.fileno())
+        assert got == replay.BLOCKED
+        assert (r.head_sent, r.file_pos) == (0, 0)
+        assert r.body(len(data)) == data
+    finally:
+        r.close()
+        efd.close()
+        os.close(fd)
+        server.close()
+        client.close()
+
+
+def test_a_body_larger_than_the_buffer_is_refused(body: int) -> None:
+    r = Replay(read_size=4096)
+    with pytest.raises(ValueError):
+        r.serve_read(0, REQUEST, HEAD, body, 0, 4097, -1)
+    with pytest.raises(ValueError):
+        r.serve_read(0, REQUEST, HEAD, body, 5, 5, -1)

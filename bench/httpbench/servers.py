@@ -189,6 +189,12 @@ def aws_metrics_argv(ctx: Context, port: int) -> list[str]:
     return [*aws_argv(ctx, port), "--metrics", "127.0.0.1:0"]
 
 
+def aws_pure_argv(ctx: Context, port: int) -> list[str]:
+    """aws on its Python path alone (``--no-fast-path``): what a request that does not
+    repeat the connection's last one costs, since wrk repeats the same request."""
+    return [*aws_argv(ctx, port), "--no-fast-path"]
+
+
 def http_server_argv(ctx: Context, port: int) -> list[str]:
     """Stdlib baseline: what `python -m http.server` gives with zero effort."""
     opts = f"{port} --bind 127.0.0.1".split()
@@ -250,6 +256,14 @@ SERVERS: tuple[ServerSpec, ...] = (
         announces=True,
     ),
     ServerSpec(
+        name="aws-pure",
+        python_peer=False,
+        modules=(),
+        argv=aws_pure_argv,
+        env=aws_env,
+        announces=True,
+    ),
+    ServerSpec(
         name="http.server", python_peer=True, modules=("http.server",), argv=http_server_argv
     ),
     ServerSpec(name="aiohttp", python_peer=True, modules=("aiohttp",), argv=aiohttp_argv),
@@ -270,7 +284,7 @@ SERVERS: tuple[ServerSpec, ...] = (
 )
 
 
-NO_PEERS = ("aws", "aws+metrics", "nginx")  # the servers that can do the dynamic workloads
+NO_PEERS = ("aws", "aws+metrics", "aws-pure", "nginx")  # the servers that can do the dynamic workloads
 
 
 def servers_for(wl: Workload, specs: Sequence[ServerSpec]) -> list[ServerSpec]:

@@ -83,7 +83,7 @@ WORKLOADS: tuple[Workload, ...] = (
         conns=50,
         close=False,
         bytes_metric=False,
-        bar=0.8,
+        bar=1.0,  # issue 15: against nginx with aio threads
         aws_nginx_only=True,
     ),
     Workload(

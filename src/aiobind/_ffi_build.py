@@ -34,6 +34,10 @@ int aiob_cachestat(int fd, unsigned long long off, unsigned long long len,
 int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t want_len,
                 const char *head, size_t head_len, int file, long long start,
                 long long stop, long long *out);
+int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, size_t want_len,
+                     const char *head, size_t head_len, io_context_t ctx, struct iocb *cb,
+                     int efd, char *data, int file, long long start, long long stop,
+                     long long *out);
 
 #define RESOLVE_NO_XDEV ...
 #define RESOLVE_NO_MAGICLINKS ...
@@ -51,6 +55,7 @@ SOURCE = r"""
 #include <sys/prctl.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -141,9 +146,8 @@ static int aiob_cachestat(int fd, unsigned long long off, unsigned long long len
     1  other bytes arrived: they are in buf          2  answered, every byte sent
     3  the socket filled up part way                 4  send or sendfile failed
     5  the file ended before `stop` (it shrank)                                       */
-static int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t want_len,
-                       const char *head, size_t head_len, int file, long long start,
-                       long long stop, long long *out) {
+static int replay_recv(int sock, char *buf, size_t cap, const char *want, size_t want_len,
+                       long long start, long long *out) {
     ssize_t n;
     do
         n = recv(sock, buf, cap, 0);
@@ -156,6 +160,15 @@ static int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t
     out[3] = 0;
     if ((size_t)n != want_len || memcmp(buf, want, want_len) != 0)
         return 1;
+    return 2;
+}
+
+static int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t want_len,
+                       const char *head, size_t head_len, int file, long long start,
+                       long long stop, long long *out) {
+    int same = replay_recv(sock, buf, cap, want, want_len, start, out);
+    if (same != 2)
+        return same;
     size_t sent = 0;
     while (sent < head_len) {
         ssize_t k = send(sock, head + sent, head_len - sent, MSG_MORE | MSG_NOSIGNAL);
@@ -186,6 +199,73 @@ static int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t
         if (k == 0)
             return 5;
     }
+    return 2;
+}
+
+/* The same for a body read by AIO (a buffered read: io_submit does it inside the call,
+   as the Python path's reap_now assumes): recv and compare; io_submit one read of
+   [start, stop) into `data` through `ctx` (a context of the caller's, for this alone),
+   its completion signalled on `efd` as every AIO read of the worker is; reap it; one
+   sendmsg of head and data. Returns the outcomes of aiob_replay, with out[2] = body bytes
+   sent, and 1 (the request is in buf, unanswered) when the read did not bring every
+   byte: the Python path then reads again and answers as it would. */
+static int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, size_t want_len,
+                            const char *head, size_t head_len, io_context_t ctx,
+                            struct iocb *cb, int efd, char *data, int file, long long start,
+                            long long stop, long long *out) {
+    int same = replay_recv(sock, buf, cap, want, want_len, 0, out);
+    if (same != 2)
+        return same;
+    size_t len = (size_t)(stop - start);
+    if (len == 0)
+        return 1;
+    io_prep_pread(cb, file, data, len, start);
+    io_set_eventfd(cb, efd);
+    struct iocb *cbs[1] = { cb };
+    if (io_submit(ctx, 1, cbs) != 1)
+        return 1;
+    struct io_event ev;
+    int got;
+    do
+        got = io_getevents(ctx, 1, 1, &ev, NULL);
+    while (got == -EINTR);
+    if (got != 1 || (long)ev.res != (long)len)
+        return 1;
+    size_t head_sent = 0, body_sent = 0;
+    while (body_sent < len) {
+        struct iovec iov[2];
+        int cnt = 0;
+        if (head_sent < head_len) {
+            iov[cnt].iov_base = (void *)(head + head_sent);
+            iov[cnt++].iov_len = head_len - head_sent;
+        }
+        iov[cnt].iov_base = data + body_sent;
+        iov[cnt++].iov_len = len - body_sent;
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = cnt;
+        ssize_t k = sendmsg(sock, &msg, MSG_NOSIGNAL);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            out[1] = (long long)head_sent;
+            out[2] = (long long)body_sent;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 3;
+            out[3] = errno;
+            return 4;
+        }
+        size_t took = (size_t)k;
+        if (head_sent < head_len) {
+            size_t h = head_len - head_sent < took ? head_len - head_sent : took;
+            head_sent += h;
+            took -= h;
+        }
+        body_sent += took;
+    }
+    out[1] = (long long)head_sent;
+    out[2] = (long long)body_sent;
     return 2;
 }
 

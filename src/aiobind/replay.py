@@ -5,8 +5,11 @@ benchmark, a poller, a health check, a browser revalidating). When the server kn
 the answer to those bytes has not changed, :meth:`Replay.serve` makes the same three
 system calls the server's Python path would (``recv``; ``send`` of the head with
 ``MSG_MORE``; ``sendfile`` of the body) without returning to the interpreter between
-them. Anything else it received is left in :attr:`Replay.data` for the caller to
-handle as usual.
+them. :meth:`Replay.serve_read` does the same for a body read by native AIO (``recv``;
+``io_submit`` of a buffered read with its completion signalled on the caller's eventfd;
+``io_getevents``; one ``sendmsg`` of head and body), through an AIO context of its own
+so that it never reaps another reader's completions. Anything else it received is left
+in :meth:`Replay.data` for the caller to handle as usual.
 
     replay = Replay()
     outcome = replay.serve(sock.fileno(), last_request, head, file_fd, 0, size)
@@ -16,9 +19,11 @@ handle as usual.
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
 from aiobind._native import ffi, lib
+from aiobind.buffers import AlignedBuffer
 
 # What :meth:`Replay.serve` did (a negative number is ``-errno`` of the recv: -EAGAIN
 # when nothing had arrived).
@@ -31,15 +36,21 @@ SHRANK: Final = 5  # the file ended before ``stop``
 
 
 class Replay:
-    """A receive buffer and the figures of the last :meth:`serve`. One per thread of
-    work (a worker's loop): :meth:`data` reads what the last call received."""
+    """A receive buffer and the figures of the last call. One per thread of work (a
+    worker's loop): :meth:`data` reads what the last call received. ``read_size`` is the
+    largest body :meth:`serve_read` reads (its buffer and AIO context are made at the
+    first call)."""
 
-    __slots__ = ("_buf", "_cap", "_out")
+    __slots__ = ("_buf", "_cap", "_cb", "_ctx", "_data", "_out", "read_size")
 
-    def __init__(self, capacity: int = 64 * 1024) -> None:
+    def __init__(self, capacity: int = 64 * 1024, read_size: int = 64 * 1024) -> None:
         self._cap = capacity
         self._buf = ffi.new("char[]", capacity)
         self._out = ffi.new("long long[4]")
+        self.read_size = read_size
+        self._ctx = ffi.NULL
+        self._cb = ffi.NULL
+        self._data: AlignedBuffer | None = None
 
     def serve(self, sock: int, want: bytes, head: bytes, file: int, start: int, stop: int) -> int:
         """One recv on ``sock``; if it brought exactly ``want``, send ``head`` and then
@@ -48,6 +59,48 @@ class Replay:
             sock, self._buf, self._cap, want, len(want), head, len(head), file, start, stop,
             self._out,
         )  # fmt: skip
+
+    def serve_read(
+        self, sock: int, want: bytes, head: bytes, file: int, start: int, stop: int, efd: int
+    ) -> int:
+        """As :meth:`serve`, the body read with ``io_submit`` (signalled on ``efd``) and
+        sent with the head in one ``sendmsg``. For a buffered (not O_DIRECT) ``file``:
+        such a read is done when ``io_submit`` returns. :data:`OTHER` also when the read
+        did not bring every byte (the request is in :meth:`data`, unanswered). After
+        :data:`BLOCKED`, ``file_pos`` counts the body bytes sent and :meth:`body` holds
+        the body. ``stop - start`` is at most ``read_size`` and more than 0."""
+        if not 0 < stop - start <= self.read_size:
+            raise ValueError(f"a body of 1 to {self.read_size} bytes, not {stop - start}")
+        if self._data is None:
+            self._open_reader()
+        return lib.aiob_replay_read(  # type: ignore[no-any-return]
+            sock, self._buf, self._cap, want, len(want), head, len(head), self._ctx,
+            self._cb, efd, self._data.cdata, file, start, stop, self._out,  # type: ignore[union-attr]
+        )  # fmt: skip
+
+    def _open_reader(self) -> None:
+        holder = ffi.new("io_context_t *")
+        rc = lib.aiob_setup(1, holder)
+        if rc < 0:
+            raise OSError(-rc, f"io_setup: {os.strerror(-rc)}")
+        self._ctx = holder[0]
+        self._cb = ffi.new("struct iocb *")
+        self._data = AlignedBuffer(self.read_size)
+
+    def body(self, length: int) -> bytes:
+        """The first ``length`` bytes :meth:`serve_read` read (a copy)."""
+        assert self._data is not None
+        return bytes(self._data.view[:length])
+
+    def close(self) -> None:
+        """Give back the AIO context and the read buffer (no read is ever left in flight:
+        each call reaps its own)."""
+        if self._ctx != ffi.NULL:
+            lib.aiob_destroy(self._ctx)
+            self._ctx = ffi.NULL
+        if self._data is not None:
+            self._data.close()
+            self._data = None
 
     def data(self) -> bytes:
         """The bytes the last call received (after :data:`OTHER`, the request to handle)."""

@@ -278,13 +278,19 @@ class Connection(Sending):
             return False
         start, stop = reply.start, reply.stop
         done = server.replay
-        outcome = done.serve(self.fd, raw, reply.head, res.fd, start, stop)
+        aio = reply.way is respond.AIO
+        if aio:
+            outcome = done.serve_read(
+                self.fd, raw, reply.head, res.fd, start, stop, server.aio.efd_fd
+            )
+        else:
+            outcome = done.serve(self.fd, raw, reply.head, res.fd, start, stop)
         if outcome == replay.SERVED:
             self.requests += 1
             cache.hits += 1
             self.status = reply.status
             self.sent = stop - start
-            self.path = "sendfile"
+            self.path = "aio-buffered" if aio else "sendfile"
             finish = server.on_response
             if finish is not None:
                 self.began = server.loop.now
@@ -295,6 +301,21 @@ class Connection(Sending):
             return True
         if outcome == replay.OTHER:
             self._received(done.data())
+        elif outcome == replay.BLOCKED and aio:
+            # The rest, copied out of the replay's buffer (at most replay_max bytes): a
+            # head-only reply to SEND_HEAD, which the Python path would send from AIO
+            # buffers in SEND_BUFFER with the same bytes.
+            self.requests += 1
+            cache.hits += 1
+            self.res = None
+            self.began = server.loop.now
+            self.status = reply.status
+            self.path = "aio-buffered"
+            self.sent = stop - start
+            rest = done.body(stop - start)[done.file_pos :]
+            self.out = reply.head[done.head_sent :] + rest
+            self._to(SEND_HEAD)
+            self._block()
         elif outcome == replay.BLOCKED:  # the rest as the Python path sends it
             self.requests += 1
             cache.hits += 1
@@ -318,7 +339,7 @@ class Connection(Sending):
                 res.checked = float("-inf")  # the next request re-checks the file at once
                 self._abort("file shrank during the transfer")
             else:
-                what = "send" if done.head_sent < len(reply.head) else "sendfile"
+                what = "send" if aio or done.head_sent < len(reply.head) else "sendfile"
                 self._abort(f"{what} failed: {OSError(done.errno, os.strerror(done.errno))}")
         elif outcome == -errno.EAGAIN:
             pass

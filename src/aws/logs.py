@@ -43,7 +43,7 @@ BY_PATH = {
 
 
 def way_of(conn: Connection) -> int:
-    return BY_PATH[conn.path] if conn.res is not None else WAY_NONE
+    return BY_PATH[conn.path]  # "" (none) whenever the reply had no body
 
 
 def peer_text(peer: object) -> str:

@@ -120,6 +120,8 @@ class Sending:
                 fd = res.direct_fd()
                 direct = True
         self.path = "aio-direct" if direct else "aio-buffered"
+        if not direct and stop - start <= server.replay_max:
+            self._replayable(reply)
         self._to(AIO_WAIT)
         self.body = DynamicBody(server.aio, self, fd, start, stop, server.config.aio_depth)
         if not direct:

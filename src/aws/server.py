@@ -87,7 +87,7 @@ class Server:
         self.bulk = 0  # long transfers in progress (they share each turn's byte budget)
         # The fast path for a repeated request (Connection._replay): bodies up to this
         # long, all sent in one turn whatever the fair share (0: off).
-        self.replay = Replay(RECV_SIZE)
+        self.replay = Replay(RECV_SIZE, MIN_SLICE)
         self.replay_max = min(MIN_SLICE, config.sendfile_chunk) if config.fast_path else 0
         self.accept_paused = False
         self.refused = 0
@@ -336,6 +336,7 @@ class Server:
         if self.tls is not None:
             self.tls.close()
         self.aio.close()
+        self.replay.close()
         self.static.close()
         self.dynamic.close()
         if self.counters is not None:
