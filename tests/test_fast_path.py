@@ -24,17 +24,10 @@ from aws.metrics import REQUESTS, Shared, WorkerCounters
 from tests.conftest import DocRoot, ServerProcess, file_name, stop_server
 from tests.ops import mode_of, start_in
 from tests.test_connection_states import Harness
+from tests.test_loop import FakeClock
 
 SMALL = b"<p>small</p>\n" * 100  # within the fast path's body limit
 MID = os.urandom(60 * 1024)  # within it too, but more than a small socket buffer
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -50,12 +43,12 @@ def site(tmp_path: Path) -> DocRoot:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def h(site: DocRoot, clock: Clock) -> Iterator[Harness]:
+def h(site: DocRoot, clock: FakeClock) -> Iterator[Harness]:
     harness = Harness(site, clock=clock)
     yield harness
     harness.close()
@@ -101,7 +94,7 @@ def test_a_repeated_request_is_answered_without_entering_a_state(h: Harness) -> 
     assert h.conn.state.name == "READ_HEAD" and h.conn.res is None
 
 
-def test_off_it_takes_the_python_path_every_time(site: DocRoot, clock: Clock) -> None:
+def test_off_it_takes_the_python_path_every_time(site: DocRoot, clock: FakeClock) -> None:
     h = Harness(site, clock=clock, fast_path=False)
     try:
         for _ in range(3):
@@ -113,7 +106,7 @@ def test_off_it_takes_the_python_path_every_time(site: DocRoot, clock: Clock) ->
 
 
 def test_only_short_bodies_sent_whole_or_as_one_range_are_replayed(
-    site: DocRoot, clock: Clock
+    site: DocRoot, clock: FakeClock
 ) -> None:
     h = Harness(site, clock=clock, directio=0)  # every /dynamic/ read is O_DIRECT
     try:
@@ -154,25 +147,25 @@ def test_a_range_and_a_conditional_request_repeat_exactly(h: Harness) -> None:
 
 
 def test_a_changed_file_is_seen_once_the_cache_would_look_again(
-    h: Harness, site: DocRoot, clock: Clock
+    h: Harness, site: DocRoot, clock: FakeClock
 ) -> None:
     path = site.path / "static" / "small.html"
     _warm(h, _get("/static/small.html"))
     new = SMALL.upper()
     path.write_bytes(new)
     os.utime(path, (time.time() + 5, time.time() + 5))
-    clock.now += h.server.config.open_file_valid  # the cache's revalidation interval
+    clock.advance(h.server.config.open_file_valid)  # the cache's revalidation interval
     seen = _states(h)
     assert _ask(h, _get("/static/small.html")) == [(200, new)]
     assert _states(h) > seen  # decided in Python again (a stat, a new descriptor)
 
 
 def test_a_removed_file_is_a_404_once_the_cache_would_look_again(
-    h: Harness, site: DocRoot, clock: Clock
+    h: Harness, site: DocRoot, clock: FakeClock
 ) -> None:
     _warm(h, _get("/static/other.txt"))
     (site.path / "static" / "other.txt").unlink()
-    clock.now += h.server.config.open_file_valid
+    clock.advance(h.server.config.open_file_valid)
     [(status, _)] = _ask(h, _get("/static/other.txt"))
     assert status == 404
 
@@ -254,7 +247,7 @@ def test_a_client_gone_mid_answer_closes_and_leaks_nothing(h: Harness) -> None:
 
 
 def test_replayed_responses_are_logged_and_counted(
-    site: DocRoot, clock: Clock, tmp_path: Path
+    site: DocRoot, clock: FakeClock, tmp_path: Path
 ) -> None:
     log = tmp_path / "access.log"
     h = Harness(site, clock=clock, access_log=str(log), log_format="json")

@@ -284,7 +284,8 @@ SERVERS: tuple[ServerSpec, ...] = (
 )
 
 
-NO_PEERS = ("aws", "aws+metrics", "aws-pure", "nginx")  # the servers that can do the dynamic workloads
+# The servers that can do the dynamic workloads.
+NO_PEERS = ("aws", "aws+metrics", "aws-pure", "nginx")
 
 
 def servers_for(wl: Workload, specs: Sequence[ServerSpec]) -> list[ServerSpec]:

@@ -301,29 +301,40 @@ class Connection(Sending):
             return True
         if outcome == replay.OTHER:
             self._received(done.data())
-        elif outcome == replay.BLOCKED and aio:
-            # The rest, copied out of the replay's buffer (at most replay_max bytes): a
-            # head-only reply to SEND_HEAD, which the Python path would send from AIO
-            # buffers in SEND_BUFFER with the same bytes.
-            self.requests += 1
-            cache.hits += 1
-            self.res = None
-            self.began = server.loop.now
-            self.status = reply.status
-            self.path = "aio-buffered"
+        elif outcome == replay.CLOSED or outcome < 0:
+            if outcome != -errno.EAGAIN:
+                if outcome < 0:
+                    why = OSError(-outcome, os.strerror(-outcome))
+                    log.debug("%s: recv failed: %s", self.peer, why)
+                self._received(b"")
+        else:
+            self._replay_unfinished(outcome, reply, cache, aio)
+        return True
+
+    def _replay_unfinished(
+        self, outcome: int, reply: respond.Reply, cache: FileCache, aio: bool
+    ) -> None:
+        """A replayed request whose answer did not all go out: the Python machine takes
+        the rest from where the C call stopped, or ends the connection as it would."""
+        res = reply.res
+        assert res is not None
+        done = self.server.replay
+        self.requests += 1
+        cache.hits += 1
+        self.began = self.server.loop.now
+        self.status = reply.status
+        self.path = "aio-buffered" if aio else "sendfile"
+        start, stop = reply.start, reply.stop
+        if outcome == replay.BLOCKED and aio:
+            # The rest, copied out of the replay's buffer (at most replay_max bytes), as
+            # a head-only reply: the same bytes the Python path sends from AIO buffers.
             self.sent = stop - start
-            rest = done.body(stop - start)[done.file_pos :]
-            self.out = reply.head[done.head_sent :] + rest
+            self.out = reply.head[done.head_sent :] + done.body(stop - start)[done.file_pos :]
             self._to(SEND_HEAD)
             self._block()
-        elif outcome == replay.BLOCKED:  # the rest as the Python path sends it
-            self.requests += 1
-            cache.hits += 1
+        elif outcome == replay.BLOCKED:
             res.refs += 1
             self.res = res
-            self.began = server.loop.now
-            self.status = reply.status
-            self.path = "sendfile"
             self.pos = pos = done.file_pos
             self.stop = self.warm_to = stop
             self.sent = pos - start
@@ -332,23 +343,12 @@ class Connection(Sending):
             if not self.out:
                 self._to(SEND_FILE)
             self._block()
-        elif outcome == replay.FAILED or outcome == replay.SHRANK:
-            self.requests += 1
-            cache.hits += 1
-            if outcome == replay.SHRANK:
-                res.checked = float("-inf")  # the next request re-checks the file at once
-                self._abort("file shrank during the transfer")
-            else:
-                what = "send" if aio or done.head_sent < len(reply.head) else "sendfile"
-                self._abort(f"{what} failed: {OSError(done.errno, os.strerror(done.errno))}")
-        elif outcome == -errno.EAGAIN:
-            pass
-        elif outcome == replay.CLOSED:
-            self._received(b"")
+        elif outcome == replay.SHRANK:
+            res.checked = float("-inf")  # the next request re-checks the file at once
+            self._abort("file shrank during the transfer")
         else:
-            log.debug("%s: recv failed: %s", self.peer, OSError(-outcome, os.strerror(-outcome)))
-            self._received(b"")
-        return True
+            what = "send" if aio or done.head_sent < len(reply.head) else "sendfile"
+            self._abort(f"{what} failed: {OSError(done.errno, os.strerror(done.errno))}")
 
     def _replayable(self, reply: respond.Reply) -> None:
         """Called by ``_start`` for a short reply sent whole from the page cache."""

@@ -9,9 +9,11 @@ It knows nothing of sockets or files.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_to_bytes
 
-from aws.heads import REASONS
+from aws.errors import HttpError
+from aws.targets import PLAIN_TARGET, check_host, good_hosts, parse_target
+
+__all__ = ["HttpError", "Request"]  # HttpError lives in aws.errors; importable from here
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 16 * 1024
@@ -33,20 +35,7 @@ _FIELD = re.compile(rb"(" + _TOKEN + rb"):(" + _OWS_VALUE + rb")")
 # The whole head in one C-level match: the same grammar as _REQUEST_LINE and _FIELD
 # line by line, which only run (to say what is wrong) when this one fails.
 _HEAD = re.compile(_LINE + rb"\r\n((?:" + _TOKEN + rb":" + _OWS_VALUE + rb"\r\n)*)\r\n")
-# An origin-form path with nothing to decode or normalize (no "%", no dot segment, no
-# empty segment) and no fragment: split on "/" and done.
-_PLAIN_TARGET = re.compile(rb"((?:/[^/.%?#][^/%?#]*)+/?|/)(?:\?[^#]*)?")
-_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_ABSOLUTE_FORM = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#]*)")
-# RFC 9110 7.2 / RFC 3986 3.2.2: uri-host [ ":" port ], the host an IP-literal, an IPv4
-# address or a reg-name (which includes IPv4). Empty is allowed in Host (RFC 9112 3.2).
-_HOST_CHARS = rb"[0-9A-Za-z\-._~!$&'()*+,;=%]"
-_IP_LITERAL = rb"\[[0-9A-Za-z\-._~!$&'()*+,;=:]+\]"
-_HOST = re.compile(rb"(?:" + _IP_LITERAL + rb"|" + _HOST_CHARS + rb"*)(?::[0-9]*)?")
-_AUTHORITY = re.compile(rb"(?:" + _IP_LITERAL + rb"|" + _HOST_CHARS + rb"+)(?::[0-9]*)?")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,18}")
-# Host values already found valid: clients repeat theirs (a small, bounded set).
-_good_hosts: set[bytes] = set()
 
 
 _CONDITIONAL_FIELDS = frozenset(
@@ -59,32 +48,6 @@ _CONDITIONAL_FIELDS = frozenset(
         b"if-unmodified-since",
     }
 )
-
-
-class HttpError(Exception):
-    """A request the server answers with an error status.
-
-    ``close`` says the connection cannot be reused: after it, where the next request
-    starts is unknown (or the client is hostile), so we stop reading. ``method`` is the
-    request's method when the request line could be read (a HEAD gets no error body).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        close: bool = False,
-        headers: tuple[tuple[bytes, bytes], ...] = (),
-        method: str | None = None,
-        request: Request | None = None,
-    ) -> None:
-        super().__init__(f"{status} {REASONS.get(status, '')}: {detail}")
-        self.status = status
-        self.detail = detail
-        self.close = close
-        self.headers = headers
-        self.method = method
-        self.request = request  # the parsed head, when the error is about its body
 
 
 class Request:
@@ -286,23 +249,19 @@ def _request(method: str, target: bytes, version: int, headers: dict[bytes, byte
     if host is None:
         if version == 11:
             raise HttpError(400, "HTTP/1.1 request without Host", close=True)
-    elif host not in _good_hosts:
-        if _HOST.fullmatch(host) is None:
-            raise HttpError(400, "invalid Host", close=True)
-        if len(_good_hosts) >= 64:
-            _good_hosts.clear()
-        _good_hosts.add(host)
+    elif host not in good_hosts:
+        check_host(host)
     if method not in SERVED_METHODS and method != "OPTIONS":
         # Framing is known, but the connection will not wait for a body it refuses.
         close = content_length != 0
         if method in KNOWN_METHODS:
             raise HttpError(405, f"method {method}", close, ((b"Allow", ALLOW),))
         raise HttpError(501, f"method {method}", close)
-    m = _PLAIN_TARGET.fullmatch(target)
+    m = PLAIN_TARGET.fullmatch(target)
     if m is not None:
         segments: list[bytes] | None = m.group(1)[1:].split(b"/")
     else:
-        segments = _parse_target(method, target)
+        segments = parse_target(method, target)
     return Request(method, target, version, headers, segments, content_length)
 
 
@@ -331,74 +290,6 @@ def _framing(headers: dict[bytes, bytes], version: int) -> int:
     if _CONTENT_LENGTH.fullmatch(value) is None:
         raise HttpError(400, "invalid Content-Length", close=True)
     return int(value)
-
-
-def _parse_target(method: str, target: bytes) -> list[bytes] | None:
-    """Segments of any target form (the plain origin-form is handled inline)."""
-    m = _PLAIN_TARGET.fullmatch(target)
-    if m is not None:
-        return m.group(1)[1:].split(b"/")
-    if target[:1] != b"/":
-        if target == b"*":
-            if method == "OPTIONS":
-                return None
-            raise HttpError(400, "asterisk-form is for OPTIONS only")
-        # RFC 9112 3.2.2: a server MUST accept the absolute-form. Its authority wins
-        # over Host, and we serve every host name alike: only its syntax matters.
-        m = _ABSOLUTE_FORM.match(target)
-        if m is None:
-            raise HttpError(400, "unsupported request-target form")
-        if _AUTHORITY.fullmatch(m.group(1)) is None:
-            # Includes userinfo ("user@host"), refused as RFC 9110 4.2.4 advises.
-            raise HttpError(400, "invalid authority in absolute-form")
-        target = target[m.end() :]
-        if target[:1] != b"/":
-            if not target and method == "OPTIONS":
-                return None  # RFC 9112 3.2.4: an empty path with OPTIONS means "*"
-            target = b"/" + target
-    if b"#" in target:
-        raise HttpError(400, "fragment in request-target")
-    return decode_path(target.partition(b"?")[0])
-
-
-def decode_path(path: bytes) -> list[bytes]:
-    """Split on "/" first, then percent-decode each segment exactly once, then remove
-    dot segments (RFC 3986 5.2.4; "." and ".." count encoded or not).
-
-    An encoded slash (%2F) or NUL is refused (400): neither can name a file, and a
-    decoded "/" must never act as a separator. Empty segments (``//``) are dropped; a
-    trailing slash (or a trailing dot segment) leaves one empty last segment. A ".."
-    above the root is refused (400), as nginx does.
-    """
-    raw = path.split(b"/")
-    if b"%" in path:
-        if _BAD_PERCENT.search(path):
-            raise HttpError(400, "invalid percent-encoding")
-        raw = [unquote_to_bytes(s) if b"%" in s else s for s in raw]
-        for seg in raw:
-            if b"/" in seg:
-                raise HttpError(400, "encoded slash in path")
-            if b"\0" in seg:
-                raise HttpError(400, "NUL in path")
-    kept: list[bytes] = []
-    trailing = False
-    for seg in raw[1:] if raw[0] == b"" else raw:
-        if not seg or seg == b".":
-            trailing = True
-        elif seg == b"..":
-            if not kept:
-                raise HttpError(400, "path goes above the root")
-            kept.pop()
-            trailing = True
-        else:
-            kept.append(seg)
-            trailing = False
-    if trailing or not kept:
-        kept.append(b"")
-    return kept
-
-
-# -- responses ---------------------------------------------------------------------------
 
 
 # -- framing: a client's byte stream into requests -----------------------------------------

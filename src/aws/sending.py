@@ -32,6 +32,10 @@ READ_AHEAD_LIMIT = 64 * 1024  # pipelined bytes buffered while a response is in 
 class Sending:
     __slots__ = ()
 
+    # How the head's bytes go out: a plain send (MSG_MORE when a body follows); a TLS
+    # connection writes them through its SSL object instead.
+    send_out = staticmethod(transfer.send_bytes)
+
     server: Worker
     again: object
     sock: socket.socket
@@ -155,7 +159,7 @@ class Sending:
 
     def _send_head(self, events: int) -> None:
         try:
-            self.out = transfer.send_bytes(self.sock, self.out, self.res is not None)
+            self.out = self.send_out(self.sock, self.out, self.res is not None)
         except transfer.TransferFailed as exc:
             self._abort(str(exc))
             return

@@ -79,6 +79,8 @@ class TlsSide:
 class TlsConnection(Connection):
     __slots__ = ("ktls", "stage", "tls")
 
+    send_out = staticmethod(transfer.ssl_send_bytes)  # heads go through SSL, kTLS or not
+
     def __init__(self, server: Worker, sock: ssl.SSLSocket, peer: object, side: TlsSide) -> None:
         super().__init__(server, sock, peer)
         self.state = HANDSHAKE
@@ -187,18 +189,7 @@ class TlsConnection(Connection):
             self.stage = transfer.Stage(self.tls.buffers.acquire())
             self.path = "tls-copy"
             self.out = self.stage.put_head(self.out)
-        try:
-            self.out = transfer.ssl_send_bytes(self.sock, self.out)  # type: ignore[arg-type]
-        except transfer.TransferFailed as exc:
-            self._abort(str(exc))
-            return
-        if self.out:
-            self._block()
-        elif self.res is None:
-            self._finish()
-        else:
-            self._to(SEND_FILE)
-            self._send_file(EPOLLOUT)
+        super()._send_head(events)
 
     def _send_file(self, events: int) -> None:
         if self.ktls:

@@ -201,8 +201,9 @@ def warm_until(fd: int, pos: int, stop: int) -> int:
 _SSL_BLOCKED = (ssl.SSLWantWriteError, ssl.SSLWantReadError)
 
 
-def ssl_send_bytes(sock: ssl.SSLSocket, data: bytes) -> bytes:
-    """Send ``data`` through SSL; returns what it did not take yet (b"" when all went)."""
+def ssl_send_bytes(sock: ssl.SSLSocket, data: bytes, more: bool = False) -> bytes:
+    """Send ``data`` through SSL; returns what it did not take yet (b"" when all went).
+    ``more`` is :func:`send_bytes`'s, and has no meaning here: SSL frames the records."""
     while data:
         try:
             n = sock.send(data)
