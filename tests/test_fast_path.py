@@ -138,6 +138,28 @@ def test_each_prefix_replays_with_its_own_way_out(h: Harness, prefix: str) -> No
     assert h.server.aio.ctx.in_flight == 0
 
 
+def test_a_precompressed_variant_is_replayed_until_its_sibling_goes(
+    h: Harness, site: DocRoot, clock: FakeClock
+) -> None:
+    gz = site.path / "static" / "small.html.gz"
+    gz.write_bytes(b"pretend-gzip")
+    later = time.time() + 10  # newer than small.html: a sibling older than x is ignored
+    os.utime(gz, (later, later))
+    clock.advance(h.server.config.open_file_valid)  # the cache looks at the folder again
+    ask = _get("/static/small.html", "Accept-Encoding: gzip\r\n")
+    _warm(h, ask)
+    seen = _states(h)
+    for _ in range(2):
+        assert _ask(h, ask) == [(200, b"pretend-gzip")]
+        assert b"Content-Encoding: gzip" in bytes(h.received)
+    assert _states(h) == seen
+    gz.unlink()
+    os.utime(gz.parent, (later + 1, later + 1))
+    clock.advance(h.server.config.open_file_valid)
+    assert _ask(h, ask) == [(200, SMALL)]  # decided again: the variant is gone
+    assert _states(h) > seen
+
+
 def test_a_range_and_a_conditional_request_repeat_exactly(h: Harness) -> None:
     ranged = _get("/static/small.html", "Range: bytes=10-19\r\n")
     _warm(h, ranged)

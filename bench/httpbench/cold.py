@@ -42,6 +42,7 @@ SERVER_CPU, CLIENT_CPU = "0", "1"
 CASES = ("none", "cached", "evicted")
 SERVERS = ("aws", "nginx", "nginx-aio-threads")
 RESIDUE = [0]  # the most of one big file left in the page cache when "evicted" began
+SHORTFALL = [0]  # the most of one big file missing from the page cache when "cached" began
 
 
 @dataclass
@@ -220,8 +221,16 @@ def measure(name: str, case: str, root: Path, tmp: Path, duration: int) -> Cell:
     files = sorted((root / "static").glob("big*.bin"))
     if case == "cached":
         for path in files:
-            warm(path)
-            assert resident(path) == BIG, f"{path.name} is not all in the page cache"
+            # This VM's kernel reclaims page cache on its own (DAMON): a file read once
+            # may have lost a few pages by the time fincore looks. Read it again, and
+            # accept 95% in memory (the evicted case accepts 5% left, likewise).
+            for _ in range(10):
+                warm(path)
+                if resident(path) == BIG:
+                    break
+            held = resident(path)
+            assert held >= BIG - BIG // 20, f"{path.name}: only {held} bytes in the page cache"
+            SHORTFALL[0] = max(SHORTFALL[0], BIG - held)
     if case == "evicted":
         for path in files:
             # Readahead still in flight from the previous server can land after one
@@ -275,6 +284,8 @@ def report(cells: dict[tuple[str, str], list[Cell]], servers: list[str], rounds:
         "",
         f"Evicted: at most {RESIDUE[0] / MiB:.1f} MiB of a {BIG // MiB} MiB file was still "
         "in the page cache when a run began (fincore; pages held by closing sockets).",
+        f"Cached: at most {SHORTFALL[0] / MiB:.1f} MiB of one was missing from it (the VM's "
+        "kernel reclaims page cache on its own).",
         "",
         "Every round:",
         "",

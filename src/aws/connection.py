@@ -13,19 +13,17 @@ says EAGAIN, then waits for EPOLLOUT; every read keeps what it got and waits for
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
 import socket
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from aiobind import replay
 from aws import respond, transfer
 from aws.aio import DynamicBody
 from aws.http import Framer, HttpError, Request
 from aws.loop import EPOLLERR, EPOLLHUP, EPOLLIN
 from aws.multipart import Cursor, MultipartBody
+from aws.replaying import Again, Replaying
 from aws.sending import READ_AHEAD_LIMIT, Sending
 from aws.states import (
     AIO_WAIT,
@@ -42,14 +40,10 @@ from aws.states import (
     IllegalTransition,
     State,
 )
+from aws.worker_context import Worker
 
 if TYPE_CHECKING:
-    from aiobind.replay import Replay
-    from aws.aio import AioReader
-    from aws.config import Config
-    from aws.files import FileCache, Resource
-    from aws.heads import DateCache
-    from aws.loop import Loop
+    from aws.files import Resource
 
 log = logging.getLogger("aws.connection")
 
@@ -60,29 +54,7 @@ MAX_PIPELINED_PER_TURN = 32  # then yield to the other connections of the loop
 LINGER_TIMEOUT = 2.0
 
 
-class Worker(Protocol):
-    """What a connection needs of the worker that owns it, and nothing more."""
-
-    loop: Loop
-    config: Config
-    date: DateCache
-    aio: AioReader
-    caches: Mapping[bytes | None, FileCache]
-    draining: bool
-    bulk: int  # long transfers in progress: they share each loop turn's byte budget
-    # Draining for a reload: a response sent as keep-alive keeps that promise for one
-    # more request (answered with Connection: close) instead of a close under the client.
-    keep_promised: bool
-    # Called once per response, before its body is released (None: nobody asked).
-    on_response: Callable[[Connection], None] | None
-
-    replay: Replay  # the C fast path for a repeated request, and its largest body
-    replay_max: int
-
-    def closed(self, conn: Connection) -> None: ...
-
-
-class Connection(Sending):
+class Connection(Replaying, Sending):
     __slots__ = (
         "again",
         "began",
@@ -129,9 +101,9 @@ class Connection(Sending):
         self.busy = False  # inside _process: completions must not recurse into it
         self.requests = 0
         self.req: Request | None = None  # the last request answered (kept for _replay)
-        # After a short sendfile reply that may be given again: the request's bytes, the
-        # reply, the Date it carries and its cache (see _replay).
-        self.again: tuple[bytes, respond.Reply, bytes, FileCache] | None = None
+        # After a short reply that may be given again: the request's bytes, the reply,
+        # the Date it carries, its cache and the cache's entry for it (see _replay).
+        self.again: Again | None = None
         self.pending: Request | None = None  # waiting for its body to be discarded
         self.keep_alive = True
         self.out = b""  # head (or whole small response) bytes not yet sent
@@ -247,116 +219,6 @@ class Connection(Sending):
             log.debug("%s: recv failed: %s", self.peer, exc)
             data = b""
         self._received(data)
-
-    # -- the fast path ---------------------------------------------------------------------
-
-    def _replay(self, again: tuple[bytes, respond.Reply, bytes, FileCache]) -> bool:
-        """The one hot-path trick, and the only place the machine moves outside ``_to``:
-        a keep-alive request whose bytes repeat the last one's, while everything its
-        answer depends on is as it was, is answered by ``aiobind.replay`` in one C call
-        that makes the same recv, send(MSG_MORE) and sendfile the Python path makes
-        (READ_HEAD, SEND_HEAD, SEND_FILE, DONE and back, in C). Measured: see
-        ARCHITECTURE.md. False: not applicable now (``again`` is dropped), read as usual.
-
-        The answer is the same when the same bytes parse to the same request (parsing
-        is a pure function of them), its Resource is still the fresh cache entry for its
-        key (what ``FileCache.acquire`` would return without a stat), the Date second is
-        the same and the worker is not draining (the keep-alive decision)."""
-        raw, reply, date, cache = again
-        server = self.server
-        res = reply.res
-        req = self.req
-        assert res is not None and req is not None
-        if (
-            server.date.value is not date
-            or server.draining
-            or res.probe
-            or server.loop.now - res.checked >= cache.valid
-            or cache.entries.get(req.key) is not res
-        ):
-            self.again = None
-            return False
-        start, stop = reply.start, reply.stop
-        done = server.replay
-        aio = reply.way is respond.AIO
-        if aio:
-            outcome = done.serve_read(
-                self.fd, raw, reply.head, res.fd, start, stop, server.aio.efd_fd
-            )
-        else:
-            outcome = done.serve(self.fd, raw, reply.head, res.fd, start, stop)
-        if outcome == replay.SERVED:
-            self.requests += 1
-            cache.hits += 1
-            self.status = reply.status
-            self.sent = stop - start
-            self.path = "aio-buffered" if aio else "sendfile"
-            finish = server.on_response
-            if finish is not None:
-                self.began = server.loop.now
-                self.res = res
-                finish(self)
-                self.res = None
-            self.deadline = server.loop.now + server.config.keepalive_timeout
-            return True
-        if outcome == replay.OTHER:
-            self._received(done.data())
-        elif outcome == replay.CLOSED or outcome < 0:
-            if outcome != -errno.EAGAIN:
-                if outcome < 0:
-                    why = OSError(-outcome, os.strerror(-outcome))
-                    log.debug("%s: recv failed: %s", self.peer, why)
-                self._received(b"")
-        else:
-            self._replay_unfinished(outcome, reply, cache, aio)
-        return True
-
-    def _replay_unfinished(
-        self, outcome: int, reply: respond.Reply, cache: FileCache, aio: bool
-    ) -> None:
-        """A replayed request whose answer did not all go out: the Python machine takes
-        the rest from where the C call stopped, or ends the connection as it would."""
-        res = reply.res
-        assert res is not None
-        done = self.server.replay
-        self.requests += 1
-        cache.hits += 1
-        self.began = self.server.loop.now
-        self.status = reply.status
-        self.path = "aio-buffered" if aio else "sendfile"
-        start, stop = reply.start, reply.stop
-        if outcome == replay.BLOCKED and aio:
-            # The rest, copied out of the replay's buffer (at most replay_max bytes), as
-            # a head-only reply: the same bytes the Python path sends from AIO buffers.
-            self.sent = stop - start
-            self.out = reply.head[done.head_sent :] + done.body(stop - start)[done.file_pos :]
-            self._to(SEND_HEAD)
-            self._block()
-        elif outcome == replay.BLOCKED:
-            res.refs += 1
-            self.res = res
-            self.pos = pos = done.file_pos
-            self.stop = self.warm_to = stop
-            self.sent = pos - start
-            self.out = reply.head[done.head_sent :]
-            self._to(SEND_HEAD)
-            if not self.out:
-                self._to(SEND_FILE)
-            self._block()
-        elif outcome == replay.SHRANK:
-            res.checked = float("-inf")  # the next request re-checks the file at once
-            self._abort("file shrank during the transfer")
-        else:
-            what = "send" if aio or done.head_sent < len(reply.head) else "sendfile"
-            self._abort(f"{what} failed: {OSError(done.errno, os.strerror(done.errno))}")
-
-    def _replayable(self, reply: respond.Reply) -> None:
-        """Called by ``_start`` for a short reply sent whole from the page cache."""
-        req = self.req
-        res = reply.res
-        if req is not None and req.raw is not None and res is not None and not res.encoding:
-            server = self.server
-            self.again = (req.raw, reply, server.date.value, server.caches[req.prefix])
 
     def _received(self, data: bytes) -> None:
         """New bytes of request heads (b"": the client closed)."""

@@ -22,9 +22,9 @@ from aws.multipart import Cursor, MultipartBody
 from aws.states import AIO_WAIT, SEND_BUFFER, SEND_FILE, SEND_HEAD, State
 
 if TYPE_CHECKING:
-    from aws.connection import Worker
     from aws.files import Resource
     from aws.http import Framer
+    from aws.worker_context import Worker
 
 READ_AHEAD_LIMIT = 64 * 1024  # pipelined bytes buffered while a response is in progress
 

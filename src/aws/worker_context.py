@@ -1,0 +1,42 @@
+"""What a connection needs of the worker that owns it, and nothing more.
+
+:class:`aws.server.Server` is the one implementation; the in-process tests and
+``bench/micro.py`` drive connections through it too. Kept apart so the connection's
+modules depend on this narrow seam, not on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from aiobind.replay import Replay
+    from aws.aio import AioReader
+    from aws.config import Config
+    from aws.connection import Connection
+    from aws.files import FileCache
+    from aws.heads import DateCache
+    from aws.loop import Loop
+
+
+class Worker(Protocol):
+    """What a connection needs of the worker that owns it, and nothing more."""
+
+    loop: Loop
+    config: Config
+    date: DateCache
+    aio: AioReader
+    caches: Mapping[bytes | None, FileCache]
+    draining: bool
+    bulk: int  # long transfers in progress: they share each loop turn's byte budget
+    # Draining for a reload: a response sent as keep-alive keeps that promise for one
+    # more request (answered with Connection: close) instead of a close under the client.
+    keep_promised: bool
+    # Called once per response, before its body is released (None: nobody asked).
+    on_response: Callable[[Connection], None] | None
+
+    replay: Replay  # the C fast path for a repeated request, and its largest body
+    replay_max: int
+
+    def closed(self, conn: Connection) -> None: ...
