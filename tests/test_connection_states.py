@@ -21,6 +21,7 @@ from aws import states as S
 from aws.config import Config
 from aws.connection import SENDING, TRANSITIONS, Connection, IllegalTransition, State
 from aws.loop import Loop
+from aws.metrics import WorkerCounters
 from aws.server import Server
 from tests.conftest import DocRoot, file_name
 
@@ -134,7 +135,11 @@ class Harness:
     """A real Server and Loop; the test plays the client over a socketpair."""
 
     def __init__(
-        self, root: DocRoot, clock: Callable[[], float] = time.monotonic, **options: object
+        self,
+        root: DocRoot,
+        clock: Callable[[], float] = time.monotonic,
+        counters: WorkerCounters | None = None,
+        **options: object,
     ) -> None:
         self.loop = Loop(clock=clock)
         # Poll briefly instead of until the next sweep timer: the test pumps the loop itself.
@@ -143,7 +148,7 @@ class Harness:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
         config = Config(root=str(root.path), **options)  # type: ignore[arg-type]
-        self.server = Server(config, self.loop, self.listener)
+        self.server = Server(config, self.loop, self.listener, counters=counters)
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         theirs.setblocking(False)

@@ -20,7 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from aws.metrics import REQUESTS, Shared, WorkerCounters
+from aws.logs import WAY_AIO_BUFFERED, WAY_SENDFILE
+from aws.metrics import (
+    BUCKETS,
+    BYTES,
+    HIST,
+    REQUESTS,
+    RESPONSES,
+    Shared,
+    Snapshot,
+    WorkerCounters,
+)
 from tests.conftest import DocRoot, ServerProcess, file_name, stop_server
 from tests.ops import mode_of, start_in
 from tests.test_connection_states import Harness
@@ -268,25 +278,40 @@ def test_a_client_gone_mid_answer_closes_and_leaks_nothing(h: Harness) -> None:
         assert res.refs == 0
 
 
-def test_replayed_responses_are_logged_and_counted(
-    site: DocRoot, clock: FakeClock, tmp_path: Path
+@pytest.mark.parametrize("log", [True, False])
+def test_replayed_responses_are_counted_once_and_logged(
+    site: DocRoot, clock: FakeClock, tmp_path: Path, log: bool
 ) -> None:
-    log = tmp_path / "access.log"
-    h = Harness(site, clock=clock, access_log=str(log), log_format="json")
+    """Counted by the C call itself (no Python hook at all with the log off), in the
+    same cells the Python path's tallies go to: each response once, either way."""
+    path = tmp_path / "access.log"
     counters = WorkerCounters(Shared(1).live(0))
-    counters.attach(h.server)
-    h.server.counters = counters
-    h.server.on_response = h.server._response_hook()
+    options = {"access_log": str(path), "log_format": "json"} if log else {}
+    h = Harness(site, clock=clock, counters=counters, **options)
     try:
-        for _ in range(5):
-            _ask(h, _get("/static/small.html"))
-        counters.sample()
-        assert counters.cells[REQUESTS + 2 * 3 + 0] == 5  # 2xx, static
-        h.server.access_log.file.flush()  # type: ignore[union-attr]
-        lines = [json.loads(line) for line in log.read_text().splitlines()]
-        assert len(lines) == 5
-        assert all(line["via"] == "sendfile" and line["status"] == 200 for line in lines)
-        assert all(line["bytes"] == len(SMALL) for line in lines)
+        assert (h.server.on_replay is None) is not log
+        for prefix in ("static", "dynamic"):
+            for _ in range(5):
+                _ask(h, _get(f"/{prefix}/small.html"))
+        _ask(h, _get("/static/nope"))
+        counters.sample()  # publishes the Python path's tallies
+        snap = Snapshot(False)
+        snap.add(0, counters.cells, live=True)
+        assert snap.total(REQUESTS + 2 * 3 + 0) == 5  # 2xx, static
+        assert snap.total(REQUESTS + 2 * 3 + 1) == 5  # 2xx, dynamic
+        assert snap.total(REQUESTS + 4 * 3 + 0) == 1  # the 404
+        assert snap.total(RESPONSES + WAY_SENDFILE) == 5
+        assert snap.total(RESPONSES + WAY_AIO_BUFFERED) == 5
+        assert snap.total(BYTES + WAY_SENDFILE) == 5 * len(SMALL)
+        assert snap.total(BYTES + WAY_AIO_BUFFERED) == 5 * len(SMALL)
+        assert sum(snap.total(HIST + i) for i in range(len(BUCKETS) + 1)) == 11
+        if log:
+            h.server.access_log.file.flush()  # type: ignore[union-attr]
+            lines = [json.loads(line) for line in path.read_text().splitlines()]
+            assert len(lines) == 11
+            vias = [line["via"] for line in lines[:10]]
+            assert vias == ["sendfile"] * 5 + ["aio_buffered"] * 5
+            assert all(line["bytes"] == len(SMALL) for line in lines[:10])
     finally:
         h.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,37 @@ def test_a_body_larger_than_the_buffer_is_refused(body: int) -> None:
         r.serve_read(0, REQUEST, HEAD, body, 0, 4097, -1)
     with pytest.raises(ValueError):
         r.serve_read(0, REQUEST, HEAD, body, 5, 5, -1)
+
+
+# -- counting what was answered ----------------------------------------------------------
+
+
+def test_an_answer_is_counted_where_the_caller_says(
+    pair: tuple[socket.socket, socket.socket], body: int
+) -> None:
+    server, client = pair
+    cells = memoryview(bytearray(8 * 32)).cast("Q")
+    r = Replay()
+    r.tally_into(cells, hist=10, sum_us=20, bounds=(0.001, 10.0))
+    where = Replay.cells(1, 2, 3)
+    client.sendall(REQUEST)
+    began = time.monotonic() - 0.5  # half a second ago: the second bucket
+    assert r.serve(server.fileno(), REQUEST, HEAD, body, 0, 100, where, began) == replay.SERVED
+    assert (cells[1], cells[2], cells[3]) == (1, 100, 1)
+    assert (cells[10], cells[11], cells[12]) == (0, 1, 0)
+    assert 500_000 <= cells[20] < 600_000  # microseconds
+    _read(client, len(HEAD) + 100)
+    client.sendall(b"other")
+    assert r.serve(server.fileno(), REQUEST, HEAD, body, 0, 100, where, began) == replay.OTHER
+    client.sendall(REQUEST)
+    uncounted = r.serve(server.fileno(), REQUEST, HEAD, body, 0, 100)
+    assert uncounted == replay.SERVED
+    assert (cells[1], sum(cells[10:13])) == (1, 1)  # neither of those was counted
+
+
+def test_tally_cells_must_fit() -> None:
+    r = Replay()
+    with pytest.raises(ValueError):
+        r.tally_into(memoryview(bytearray(8 * 4)).cast("Q"), hist=2, sum_us=0, bounds=(1.0, 2.0))
+    with pytest.raises(ValueError):
+        r.tally_into(memoryview(bytearray(64)), hist=0, sum_us=1, bounds=(1.0,))

@@ -31,13 +31,22 @@ int aiob_set_comm(const char *name);
 int aiob_get_comm(char *out);
 int aiob_cachestat(int fd, unsigned long long off, unsigned long long len,
                    unsigned long long *out);
+struct aiob_tally {
+    unsigned long long *cells;
+    long hist;
+    long sum_us;
+    int nbounds;
+    double bounds[32];
+};
 int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t want_len,
                 const char *head, size_t head_len, int file, long long start,
-                long long stop, long long *out);
+                long long stop, long long *out, struct aiob_tally *tally,
+                const long *cells, double began);
 int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, size_t want_len,
                      const char *head, size_t head_len, io_context_t ctx, struct iocb *cb,
                      int efd, char *data, int file, long long start, long long stop,
-                     long long *out);
+                     long long *out, struct aiob_tally *tally, const long *cells,
+                     double began);
 
 #define RESOLVE_NO_XDEV ...
 #define RESOLVE_NO_MAGICLINKS ...
@@ -146,6 +155,40 @@ static int aiob_cachestat(int fd, unsigned long long off, unsigned long long len
     1  other bytes arrived: they are in buf          2  answered, every byte sent
     3  the socket filled up part way                 4  send or sendfile failed
     5  the file ended before `stop` (it shrank)                                       */
+/* Counting an answered replay where the caller's metrics live: `cells` is a counter slot
+   of 64-bit cells (one writer: this thread), cells[0..2] of the call say which cells
+   count the response, its body bytes and its way; the duration since `began`
+   (CLOCK_MONOTONIC seconds, what Python's time.monotonic reads) goes into the
+   histogram cells from `hist` (bucket i counts durations <= bounds[i], the last one
+   the rest) and into the microseconds at `sum_us`. */
+struct aiob_tally {
+    unsigned long long *cells;
+    long hist;
+    long sum_us;
+    int nbounds;
+    double bounds[32];
+};
+
+static void replay_tally(struct aiob_tally *t, const long *cells, double began,
+                         long long sent) {
+    if (t == NULL || t->cells == NULL || cells == NULL)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double took = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 - began;
+    if (took < 0)
+        took = 0;
+    int b = 0;
+    while (b < t->nbounds && t->bounds[b] < took)
+        b++;
+    unsigned long long *c = t->cells;
+    c[cells[0]] += 1;
+    c[cells[1]] += (unsigned long long)sent;
+    c[cells[2]] += 1;
+    c[t->hist + b] += 1;
+    c[t->sum_us] += (unsigned long long)(took * 1e6 + 0.5);
+}
+
 static int replay_recv(int sock, char *buf, size_t cap, const char *want, size_t want_len,
                        long long start, long long *out) {
     ssize_t n;
@@ -165,7 +208,8 @@ static int replay_recv(int sock, char *buf, size_t cap, const char *want, size_t
 
 static int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t want_len,
                        const char *head, size_t head_len, int file, long long start,
-                       long long stop, long long *out) {
+                       long long stop, long long *out, struct aiob_tally *tally,
+                       const long *cells, double began) {
     int same = replay_recv(sock, buf, cap, want, want_len, start, out);
     if (same != 2)
         return same;
@@ -199,6 +243,7 @@ static int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t
         if (k == 0)
             return 5;
     }
+    replay_tally(tally, cells, began, stop - start);
     return 2;
 }
 
@@ -212,7 +257,8 @@ static int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t
 static int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, size_t want_len,
                             const char *head, size_t head_len, io_context_t ctx,
                             struct iocb *cb, int efd, char *data, int file, long long start,
-                            long long stop, long long *out) {
+                            long long stop, long long *out, struct aiob_tally *tally,
+                            const long *cells, double began) {
     int same = replay_recv(sock, buf, cap, want, want_len, 0, out);
     if (same != 2)
         return same;
@@ -266,6 +312,7 @@ static int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, s
     }
     out[1] = (long long)head_sent;
     out[2] = (long long)body_sent;
+    replay_tally(tally, cells, began, (long long)len);
     return 2;
 }
 

@@ -20,7 +20,8 @@ in :meth:`Replay.data` for the caller to handle as usual.
 from __future__ import annotations
 
 import os
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 from aiobind._native import ffi, lib
 from aiobind.buffers import AlignedBuffer
@@ -34,6 +35,8 @@ BLOCKED: Final = 3  # the socket filled part way: see ``head_sent`` and ``file_p
 FAILED: Final = 4  # send or sendfile failed with ``errno``
 SHRANK: Final = 5  # the file ended before ``stop``
 
+UNCOUNTED: Final[Any] = ffi.NULL  # ``cells`` for a call whose answer nobody counts
+
 
 class Replay:
     """A receive buffer and the figures of the last call. One per thread of work (a
@@ -41,7 +44,7 @@ class Replay:
     largest body :meth:`serve_read` reads (its buffer and AIO context are made at the
     first call)."""
 
-    __slots__ = ("_buf", "_cap", "_cb", "_ctx", "_data", "_out", "read_size")
+    __slots__ = ("_buf", "_cap", "_cb", "_ctx", "_data", "_out", "_slot", "_tally", "read_size")
 
     def __init__(self, capacity: int = 64 * 1024, read_size: int = 64 * 1024) -> None:
         self._cap = capacity
@@ -51,17 +54,64 @@ class Replay:
         self._ctx = ffi.NULL
         self._cb = ffi.NULL
         self._data: AlignedBuffer | None = None
+        self._tally = ffi.new("struct aiob_tally *")  # counts nothing until tally_into
+        self._slot: object = None
 
-    def serve(self, sock: int, want: bytes, head: bytes, file: int, start: int, stop: int) -> int:
+    def tally_into(
+        self, cells: memoryview, hist: int, sum_us: int, bounds: Sequence[float]
+    ) -> None:
+        """Count every answered call in ``cells`` (64-bit counters this thread alone
+        writes, e.g. a shared-memory metrics slot): the three cells a call names (see
+        :meth:`cells`), a duration histogram from cell ``hist`` (a bucket per bound,
+        ``<=``, then one for the rest) and the microseconds summed at ``sum_us``."""
+        if cells.itemsize != 8 or not 0 <= hist < hist + len(bounds) < len(cells):
+            raise ValueError("cells must be 64-bit and hold the histogram")
+        if len(bounds) > len(self._tally.bounds) or not 0 <= sum_us < len(cells):
+            raise ValueError("too many histogram bounds, or no room for the sum")
+        self._slot = cells  # kept alive: the C side writes through this pointer
+        self._tally.cells = ffi.cast("unsigned long long *", ffi.from_buffer(cells))
+        self._tally.hist = hist
+        self._tally.sum_us = sum_us
+        self._tally.nbounds = len(bounds)
+        for i, bound in enumerate(bounds):
+            self._tally.bounds[i] = bound
+
+    @staticmethod
+    def cells(responses: int, body_bytes: int, way: int) -> Any:
+        """Which cells count one kind of answer: for :meth:`serve`'s ``cells``."""
+        return ffi.new("long[3]", [responses, body_bytes, way])
+
+    def serve(
+        self,
+        sock: int,
+        want: bytes,
+        head: bytes,
+        file: int,
+        start: int,
+        stop: int,
+        cells: Any = UNCOUNTED,
+        began: float = 0.0,
+    ) -> int:
         """One recv on ``sock``; if it brought exactly ``want``, send ``head`` and then
-        ``file``'s bytes ``[start, stop)``. Returns one of the outcomes above."""
+        ``file``'s bytes ``[start, stop)``. Returns one of the outcomes above. An answer
+        sent whole is counted in ``cells`` (from :meth:`cells`; NULL: not counted), with
+        its duration from ``began`` (``time.monotonic()`` seconds)."""
         return lib.aiob_replay(  # type: ignore[no-any-return]
             sock, self._buf, self._cap, want, len(want), head, len(head), file, start, stop,
-            self._out,
+            self._out, self._tally, cells, began,
         )  # fmt: skip
 
     def serve_read(
-        self, sock: int, want: bytes, head: bytes, file: int, start: int, stop: int, efd: int
+        self,
+        sock: int,
+        want: bytes,
+        head: bytes,
+        file: int,
+        start: int,
+        stop: int,
+        efd: int,
+        cells: Any = UNCOUNTED,
+        began: float = 0.0,
     ) -> int:
         """As :meth:`serve`, the body read with ``io_submit`` (signalled on ``efd``) and
         sent with the head in one ``sendmsg``. For a buffered (not O_DIRECT) ``file``:
@@ -76,6 +126,7 @@ class Replay:
         return lib.aiob_replay_read(  # type: ignore[no-any-return]
             sock, self._buf, self._cap, want, len(want), head, len(head), self._ctx,
             self._cb, efd, self._data.cdata, file, start, stop, self._out,  # type: ignore[union-attr]
+            self._tally, cells, began,
         )  # fmt: skip
 
     def _open_reader(self) -> None:

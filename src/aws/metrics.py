@@ -68,6 +68,16 @@ HEADER_CELLS = RESTARTS + MAX_INDEX
 _PREFIX_INDEX = {b"static": 0, b"dynamic": 1}
 
 
+def response_cells(status: int, prefix: bytes | None, path: str) -> tuple[int, int, int]:
+    """The cells that count a response of this status, URL prefix and way out, its body
+    bytes, and its way (what ``_publish`` adds to; a replayed response is counted there
+    by ``aiobind.replay`` itself)."""
+    klass = status // 100 if 100 <= status < 600 else 0
+    way = BY_PATH.get(path, WAY_NONE)
+    requests = REQUESTS + klass * 3 + _PREFIX_INDEX.get(prefix, 2)  # type: ignore[arg-type]
+    return requests, BYTES + way, RESPONSES + way
+
+
 class WorkerCounters:
     """One worker process's slot: what ``Server`` calls per response and per sweep.
 

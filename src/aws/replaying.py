@@ -94,21 +94,28 @@ class Replaying:
         start, stop = reply.start, reply.stop
         done = server.replay
         aio = reply.way is respond.AIO
+        cells = reply.cells
+        if cells is None:  # the first replay of this reply: where it is counted, if at all
+            tally = server.tally
+            path = "aio-buffered" if aio else "sendfile"
+            counted = tally(reply.status, req.prefix, path) if tally is not None else None
+            cells = reply.cells = replay.UNCOUNTED if counted is None else counted
+        now = server.loop.now
         if aio:
             outcome = done.serve_read(
-                self.fd, raw, reply.head, res.fd, start, stop, server.aio.efd_fd
+                self.fd, raw, reply.head, res.fd, start, stop, server.aio.efd_fd, cells, now
             )
         else:
-            outcome = done.serve(self.fd, raw, reply.head, res.fd, start, stop)
+            outcome = done.serve(self.fd, raw, reply.head, res.fd, start, stop, cells, now)
         if outcome == replay.SERVED:
             self.requests += 1
             cache.hits += 1
             self.status = reply.status
             self.sent = stop - start
             self.path = "aio-buffered" if aio else "sendfile"
-            finish = server.on_response
+            finish = server.on_replay  # the metrics counted it in C already
             if finish is not None:
-                self.began = server.loop.now
+                self.began = now
                 self.res = res
                 finish(self)
                 self.res = None

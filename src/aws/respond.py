@@ -33,7 +33,7 @@ class Reply:
     body is ``res``'s bytes ``[start, stop)``, sent by ``way``. The reply holds one
     reference to ``res``: whoever ends the transfer calls ``res.release()``."""
 
-    __slots__ = ("head", "res", "start", "status", "stop", "way")
+    __slots__ = ("cells", "head", "res", "start", "status", "stop", "way")
 
     def __init__(
         self,
@@ -50,6 +50,8 @@ class Reply:
         self.start = start
         self.stop = stop
         self.way = way
+        # Where a replay of it is counted (Replaying._replay sets it at the first one).
+        self.cells: object = None
 
 
 class PartsReply(Reply):

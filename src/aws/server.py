@@ -24,6 +24,7 @@ from aws.connection import RECV_SIZE, Connection
 from aws.files import FileCache
 from aws.logs import AccessLog, way_of
 from aws.loop import EPOLLIN, Loop
+from aws.metrics import BUCKETS, HIST, SUM_US, response_cells
 from aws.respond import AIO, SENDFILE
 from aws.tls_connection import TlsConnection, TlsSide
 from aws.transfer import MIN_SLICE
@@ -141,6 +142,15 @@ class Server:
         if counters is not None:
             counters.attach(self)
         self.on_response = self._response_hook()
+        # A replayed response (Connection._replay) is counted by the C call itself, in
+        # this worker's slot: only the access log, if any, is left to a Python hook.
+        self.on_replay = self._response_hook(count=False)
+        self.tally: Callable[[int, bytes | None, str], object] | None = None
+        if counters is not None:
+            self.replay.tally_into(counters.cells, HIST, SUM_US, BUCKETS)
+            self.tally = lambda status, prefix, path: Replay.cells(
+                *response_cells(status, prefix, path)
+            )
         # What to do once a drain has no connection left (a reload replaces it).
         self.on_drained: Callable[[], None] = loop.stop
         self._closed = False
@@ -159,9 +169,10 @@ class Server:
             acceptor.sock.setblocking(False)
             self.loop.add(acceptor.sock.fileno(), EPOLLIN, acceptor)
 
-    def _response_hook(self) -> Callable[[Connection], None] | None:
-        """One bound call per response, or None: nothing at all when both are off."""
-        access_log, counters = self.access_log, self.counters
+    def _response_hook(self, count: bool = True) -> Callable[[Connection], None] | None:
+        """One bound call per response, or None: nothing at all when both are off
+        (``count=False``: as if the metrics were off)."""
+        access_log, counters = self.access_log, self.counters if count else None
         if access_log is None and counters is None:
             return None
         clock = time.monotonic
@@ -171,13 +182,13 @@ class Server:
 
         if counters is None:
             return log_only
-        count = counters.counter(clock)
+        tally = counters.counter(clock)
         if access_log is None:
-            return count  # type: ignore[return-value]
+            return tally  # type: ignore[return-value]
         write = access_log.write
 
         def both(conn: Connection) -> None:
-            write(conn, count(conn), way_of(conn))
+            write(conn, tally(conn), way_of(conn))
 
         return both
 

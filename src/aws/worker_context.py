@@ -38,5 +38,9 @@ class Worker(Protocol):
 
     replay: Replay  # the C fast path for a repeated request, and its largest body
     replay_max: int
+    # For a replayed response: the Python hook left (the access log; None: nothing),
+    # and where the C call counts it (None: the metrics are off).
+    on_replay: Callable[[Connection], None] | None
+    tally: Callable[[int, bytes | None, str], object] | None
 
     def closed(self, conn: Connection) -> None: ...
