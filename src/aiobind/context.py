@@ -71,6 +71,20 @@ def _fileno(obj: Any) -> int:
     return obj if isinstance(obj, int) else obj.fileno()
 
 
+def _target(buf: Any, length: int | None) -> tuple[Any, int]:
+    """The C pointer a read goes into, and how many bytes it reads (all of ``buf`` by
+    default); refuses a length that does not fit."""
+    if isinstance(buf, AlignedBuffer):
+        cdata, size = buf.cdata, buf.size
+    else:
+        cdata = _from_buffer(buf, require_writable=True)
+        size = len(cdata)
+    n = size if length is None else length
+    if n < 0 or n > size:
+        raise ValueError(f"read length {n} does not fit a buffer of {size} bytes")
+    return cdata, n
+
+
 class Context:
     """A libaio context (``io_setup``) able to hold ``maxevents`` reads in flight.
 
@@ -142,14 +156,7 @@ class Context:
         ctx = self._ctx
         if ctx == _NULL:
             raise ValueError("AIO context is closed")
-        if isinstance(buf, AlignedBuffer):
-            cdata, size = buf.cdata, buf.size
-        else:
-            cdata = _from_buffer(buf, require_writable=True)
-            size = len(cdata)
-        n = size if length is None else length
-        if n < 0 or n > size:
-            raise ValueError(f"read length {n} does not fit a buffer of {size} bytes")
+        cdata, n = _target(buf, length)
         efd = _NO_EVENTFD if eventfd is None else _fileno(eventfd)
         free = self._free
         if not free:
@@ -198,14 +205,7 @@ class Context:
                 else:  # any object with Read's attributes
                     fd, buf, offset = r.fd, r.buf, r.offset
                     token, length, eventfd = r.token, r.length, r.eventfd
-                if isinstance(buf, AlignedBuffer):
-                    cdata, size = buf.cdata, buf.size
-                else:
-                    cdata = _from_buffer(buf, require_writable=True)
-                    size = len(cdata)
-                n = size if length is None else length
-                if n < 0 or n > size:
-                    raise ValueError(f"read length {n} does not fit a buffer of {size} bytes")
+                cdata, n = _target(buf, length)
                 efd = _NO_EVENTFD if eventfd is None else _fileno(eventfd)
                 slot = free.pop()
                 slots.append(slot)
