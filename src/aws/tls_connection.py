@@ -81,6 +81,9 @@ class TlsConnection(Connection):
 
     send_out = staticmethod(transfer.ssl_send_bytes)  # heads go through SSL, kTLS or not
 
+    def _replayable(self, reply: respond.Reply) -> None:
+        """Never: the fast path's C call cannot read or write through the SSL object."""
+
     def __init__(self, server: Worker, sock: ssl.SSLSocket, peer: object, side: TlsSide) -> None:
         super().__init__(server, sock, peer)
         self.state = HANDSHAKE
