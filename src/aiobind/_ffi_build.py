@@ -8,7 +8,18 @@ The few ``prctl`` calls live here too: the standard library has no ``prctl``.
 
 from cffi import FFI
 
-CDEF = """
+# Where aiob_replay counts what it answered; declared once for the cdef and the source.
+TALLY = """struct aiob_tally {
+    unsigned long long *cells;
+    long hist;
+    long sum_us;
+    int nbounds;
+    double bounds[32];
+};
+"""
+
+CDEF = (
+    """
 typedef struct io_context *io_context_t;
 struct iocb { ...; };
 
@@ -31,14 +42,9 @@ int aiob_set_comm(const char *name);
 int aiob_get_comm(char *out);
 int aiob_cachestat(int fd, unsigned long long off, unsigned long long len,
                    unsigned long long *out);
-struct aiob_tally {
-    unsigned long long *cells;
-    long hist;
-    long sum_us;
-    int nbounds;
-    double bounds[32];
-};
-int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t want_len,
+"""
+    + TALLY
+    + """int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t want_len,
                 const char *head, size_t head_len, int file, long long start,
                 long long stop, long long *out, struct aiob_tally *tally,
                 const long *cells, double began);
@@ -54,8 +60,10 @@ int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, size_t w
 #define RESOLVE_BENEATH ...
 #define RESOLVE_IN_ROOT ...
 """
+)
 
-SOURCE = r"""
+SOURCE = (
+    r"""
 #include <errno.h>
 #include <libaio.h>
 #include <linux/openat2.h>
@@ -146,29 +154,15 @@ static int aiob_cachestat(int fd, unsigned long long off, unsigned long long len
     return 0;
 }
 
-/* One keep-alive request answered again, all in C: recv; if the bytes are exactly
-   `want` (the request answered last time), send `head` with MSG_MORE and sendfile
-   [start, stop) of `file`. The same three system calls the Python path makes, without
-   the interpreter between them. Returns, with out[0] = bytes received, out[1] = head
-   bytes sent, out[2] = file position reached, out[3] = errno:
-   -errno  recv failed (-EAGAIN: nothing yet)     0  end of file: the client closed
-    1  other bytes arrived: they are in buf          2  answered, every byte sent
-    3  the socket filled up part way                 4  send or sendfile failed
-    5  the file ended before `stop` (it shrank)                                       */
 /* Counting an answered replay where the caller's metrics live: `cells` is a counter slot
    of 64-bit cells (one writer: this thread), cells[0..2] of the call say which cells
    count the response, its body bytes and its way; the duration since `began`
    (CLOCK_MONOTONIC seconds, what Python's time.monotonic reads) goes into the
    histogram cells from `hist` (bucket i counts durations <= bounds[i], the last one
    the rest) and into the microseconds at `sum_us`. */
-struct aiob_tally {
-    unsigned long long *cells;
-    long hist;
-    long sum_us;
-    int nbounds;
-    double bounds[32];
-};
-
+"""
+    + TALLY
+    + r"""
 static void replay_tally(struct aiob_tally *t, const long *cells, double began,
                          long long sent) {
     if (t == NULL || t->cells == NULL || cells == NULL)
@@ -206,6 +200,15 @@ static int replay_recv(int sock, char *buf, size_t cap, const char *want, size_t
     return 2;
 }
 
+/* One keep-alive request answered again, all in C: recv; if the bytes are exactly
+   `want` (the request answered last time), send `head` with MSG_MORE and sendfile
+   [start, stop) of `file`. The same three system calls the Python path makes, without
+   the interpreter between them. Returns, with out[0] = bytes received, out[1] = head
+   bytes sent, out[2] = file position reached, out[3] = errno:
+   -errno  recv failed (-EAGAIN: nothing yet)     0  end of file: the client closed
+    1  other bytes arrived: they are in buf          2  answered, every byte sent
+    3  the socket filled up part way                 4  send or sendfile failed
+    5  the file ended before `stop` (it shrank)                                       */
 static int aiob_replay(int sock, char *buf, size_t cap, const char *want, size_t want_len,
                        const char *head, size_t head_len, int file, long long start,
                        long long stop, long long *out, struct aiob_tally *tally,
@@ -334,6 +337,7 @@ static int aiob_get_comm(char *out) {
     return prctl(PR_GET_NAME, (unsigned long)out, 0UL, 0UL, 0UL) < 0 ? -errno : 0;
 }
 """
+)
 
 CDEF += "struct io_event { ...; };\n"
 
