@@ -70,12 +70,14 @@ _PREFIX_INDEX = {b"static": 0, b"dynamic": 1}
 
 def response_cells(status: int, prefix: bytes | None, path: str) -> tuple[int, int, int]:
     """The cells that count a response of this status, URL prefix and way out, its body
-    bytes, and its way (what ``_publish`` adds to; a replayed response is counted there
-    by ``aiobind.replay`` itself)."""
+    bytes, and its way (a replayed response is counted there by ``aiobind.replay``)."""
+    return _cells(status, _PREFIX_INDEX.get(prefix, 2), path)  # type: ignore[arg-type]
+
+
+def _cells(status: int, prefix: int, path: str) -> tuple[int, int, int]:
     klass = status // 100 if 100 <= status < 600 else 0
     way = BY_PATH.get(path, WAY_NONE)
-    requests = REQUESTS + klass * 3 + _PREFIX_INDEX.get(prefix, 2)  # type: ignore[arg-type]
-    return requests, BYTES + way, RESPONSES + way
+    return REQUESTS + klass * 3 + prefix, BYTES + way, RESPONSES + way
 
 
 class WorkerCounters:
@@ -153,11 +155,10 @@ class WorkerCounters:
             if not responses:
                 continue
             row[0] = row[1] = 0
-            klass = status // 100 if 100 <= status < 600 else 0
-            way = BY_PATH.get(path, WAY_NONE)
-            cells[REQUESTS + klass * 3 + prefix] += responses
-            cells[BYTES + way] += sent
-            cells[RESPONSES + way] += responses
+            counted, body, way = _cells(status, prefix, path)
+            cells[counted] += responses
+            cells[body] += sent
+            cells[way] += responses
         hist = self.hist
         for i, n in enumerate(hist):
             if n:

@@ -86,20 +86,17 @@ class Replaying:
             or server.draining
             or res.probe
             or server.loop.now - entry.checked >= cache.valid
-            or cache.entries.get(req.key) is not entry
-            or res.stale
+            or cache.entries.get(req.key) is not entry  # (a dropped entry's variants too)
         ):
             self.again = None
             return False
         start, stop = reply.start, reply.stop
         done = server.replay
         aio = reply.way is respond.AIO
+        path = "aio-buffered" if aio else "sendfile"
         cells = reply.cells
         if cells is None:  # the first replay of this reply: where it is counted, if at all
-            tally = server.tally
-            path = "aio-buffered" if aio else "sendfile"
-            counted = tally(reply.status, req.prefix, path) if tally is not None else None
-            cells = reply.cells = replay.UNCOUNTED if counted is None else counted
+            cells = reply.cells = server.tally(reply.status, req.prefix, path)
         now = server.loop.now
         if aio:
             outcome = done.serve_read(
@@ -112,14 +109,14 @@ class Replaying:
             cache.hits += 1
             self.status = reply.status
             self.sent = stop - start
-            self.path = "aio-buffered" if aio else "sendfile"
+            self.path = path
             finish = server.on_replay  # the metrics counted it in C already
             if finish is not None:
                 self.began = now
                 self.res = res
                 finish(self)
                 self.res = None
-            self.deadline = server.loop.now + server.config.keepalive_timeout
+            self.deadline = now + server.config.keepalive_timeout
             return True
         if outcome == replay.OTHER:
             self._received(done.data())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from aiobind.replay import Replay
+from aiobind.replay import UNCOUNTED, Replay
 from aws import errorpages, heads, sitepolicy
 from aws.aio import AioReader
 from aws.config import Config
@@ -145,7 +145,7 @@ class Server:
         # A replayed response (Connection._replay) is counted by the C call itself, in
         # this worker's slot: only the access log, if any, is left to a Python hook.
         self.on_replay = self._response_hook(count=False)
-        self.tally: Callable[[int, bytes | None, str], object] | None = None
+        self.tally: Callable[[int, bytes | None, str], object] = lambda *_: UNCOUNTED
         if counters is not None:
             self.replay.tally_into(counters.cells, HIST, SUM_US, BUCKETS)
             self.tally = lambda status, prefix, path: Replay.cells(

@@ -39,8 +39,8 @@ class Worker(Protocol):
     replay: Replay  # the C fast path for a repeated request, and its largest body
     replay_max: int
     # For a replayed response: the Python hook left (the access log; None: nothing),
-    # and where the C call counts it (None: the metrics are off).
+    # and the cells the C call counts it in (aiobind.replay.UNCOUNTED: metrics are off).
     on_replay: Callable[[Connection], None] | None
-    tally: Callable[[int, bytes | None, str], object] | None
+    tally: Callable[[int, bytes | None, str], object]
 
     def closed(self, conn: Connection) -> None: ...
