@@ -5,17 +5,18 @@ In-process first: a real Connection over a socketpair (the state-recording harne
 Python) and every reason it must not (the file changed, the Date second turned, a
 drain, other bytes, the socket filled up). Then end to end: the same conversation with
 a server on the fast path and one with ``--no-fast-path``, plain and under the shim,
-must get the same bytes back (apart from the Date header).
+over HTTP and over HTTPS, must get the same bytes back (apart from the Date header).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,11 @@ from aws.metrics import (
     Snapshot,
     WorkerCounters,
 )
-from tests.conftest import DocRoot, ServerProcess, file_name, stop_server
+from tests.conftest import DocRoot, file_name, stop_server
 from tests.ops import mode_of, start_in
 from tests.test_connection_states import Harness
 from tests.test_loop import FakeClock
+from tests.tls_helpers import Certs, make_certs, start_https
 
 SMALL = b"<p>small</p>\n" * 100  # within the fast path's body limit
 MID = os.urandom(60 * 1024)  # within it too, but more than a small socket buffer
@@ -350,10 +352,10 @@ CONVERSATION = [
 ]
 
 
-def _converse(srv: ServerProcess) -> list[bytes]:
+def _converse(connect: Callable[[], socket.socket]) -> list[bytes]:
     """Each request in turn on one connection; each answer with its Date taken out."""
     out = []
-    with socket.create_connection(srv.addr, timeout=10) as s:
+    with connect() as s:
         for raw in CONVERSATION:
             s.sendall(raw)
             want = raw.count(b"HTTP/1.1\r\n")
@@ -392,12 +394,41 @@ def test_the_fast_path_answers_exactly_as_the_python_path(
     for label, extra in (("fast", []), ("reference", ["--no-fast-path"])):
         srv = start_in(mode, request, tmp_path / label, docroot, workers=1, extra=extra)
         try:
-            answers[label] = _converse(srv)
+            answers[label] = _converse(functools.partial(socket.create_connection, srv.addr, 10))
         finally:
             assert stop_server(srv.proc) == 0, srv.log()
+    _same_answers(answers, docroot)
+
+
+def _same_answers(answers: dict[str, list[bytes]], docroot: DocRoot) -> None:
     assert len(answers["fast"]) == len(CONVERSATION)
     for i, (fast, ref) in enumerate(zip(answers["fast"], answers["reference"], strict=True)):
         assert fast == ref, f"request {i}: {CONVERSATION[i]!r}"
     assert answers["fast"][1].endswith(b"\r\n\r\nhello\n")
     assert answers["fast"][20].endswith(docroot.content(f"/static/{file_name(4096)}"))
     assert answers["fast"][17].endswith(docroot.content(f"/dynamic/{file_name(4097)}")[4000:])
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def test_over_tls_the_fast_path_answers_exactly_as_the_python_path(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path, docroot: DocRoot, certs: Certs
+) -> None:
+    """The replay through the SSL object (``Replay.serve_tls``) against the Python path,
+    over HTTPS: under the shim, SSL's own reads and writes are split too."""
+    answers = {}
+    for label, extra in (("fast", []), ("reference", ["--no-fast-path"])):
+        kwargs: dict[str, object] = {"workers": 1, "mode": mode}
+        if mode == "shim":
+            kwargs.update(shim=request.getfixturevalue("shim_so"), stats_path=tmp_path / label)
+        https = start_https(docroot.path, docroot=docroot, certs=certs, extra=extra, **kwargs)
+        try:
+            answers[label] = _converse(https.connect)
+            log = https.srv.log()
+        finally:
+            assert stop_server(https.srv.proc) == 0, https.srv.log()
+        assert "no fast path" not in log
+    _same_answers(answers, docroot)

@@ -44,12 +44,14 @@ class RecordingTls(TlsConnection):
 
 
 class TlsHarness:
-    def __init__(self, root: DocRoot, certs: Certs) -> None:
+    def __init__(self, root: DocRoot, certs: Certs, **options: object) -> None:
         self.loop = Loop()
         self.loop._timeout = lambda: 0.002  # type: ignore[method-assign]
         self.plain = socket.create_server(("127.0.0.1", 0))
         self.secure = socket.create_server(("127.0.0.1", 0))
-        config = Config(root=str(root.path), tls_cert=str(certs.cert), tls_key=str(certs.key))
+        config = Config(
+            root=str(root.path), tls_cert=str(certs.cert), tls_key=str(certs.key), **options
+        )
         self.server = Server(config, self.loop, self.plain, tls_listeners=(self.secure,))
         assert self.server.tls is not None
         ours, self.client = socket.socketpair()
@@ -188,6 +190,66 @@ def test_bytes_ssl_holds_back_are_read_without_epoll(
     request = _get("/static/hello.txt", "X-Pad: " + "p" * 3000 + "\r\n")
     harness.send(request)  # one record of ~3 KiB
     assert harness.body_of(6) == b"hello\n"
+
+
+# -- the fast path through the SSL object (aws.replaying, aiobind.sslhandle) ------------
+
+
+@pytest.mark.parametrize("prefix", ["static", "dynamic"])
+def test_a_repeated_request_is_answered_without_entering_a_state(
+    harness: TlsHarness, docroot: DocRoot, prefix: str
+) -> None:
+    path = f"/{prefix}/{file_name(4097)}"
+    for _ in range(2):  # the first is asked about the page cache (not served lately)
+        harness.send(_get(path))
+        assert harness.body_of(4097) == docroot.content(path)
+    assert harness.conn.handle is not None
+    before = _trace(harness)
+    for _ in range(3):
+        harness.send(_get(path))
+        assert harness.body_of(4097) == docroot.content(path)
+    assert _trace(harness) == before  # answered in the C call, through SSL
+    assert harness.conn.requests == 5
+    assert harness.server.tls is not None and harness.server.tls.buffers.outstanding == 0
+
+
+@pytest.mark.parametrize("prefix", ["static", "dynamic"])
+def test_a_full_socket_hands_the_same_bytes_to_the_python_machine(
+    harness: TlsHarness, docroot: DocRoot, prefix: str
+) -> None:
+    path = f"/{prefix}/{file_name(4097)}"
+    for _ in range(2):
+        harness.send(_get(path))
+        assert harness.body_of(4097) == docroot.content(path)
+    harness.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the minimum
+    before = len(harness.conn.trace)
+    for _ in range(50):  # the client reads nothing: the socket fills
+        harness.tls.write(_get(path))
+        harness.client.sendall(harness.outgoing.read())
+        for _ in range(3):
+            harness.loop.run_once()
+        if harness.conn.state is not S.READ_HEAD:
+            break
+    # Every request before was replayed; this one's SSL_write is to be made again.
+    assert harness.conn.trace[before:] == [S.SEND_HEAD]
+    answered = harness.conn.requests - 2  # since the two read above
+    assert answered >= 2
+    harness.pump_until(lambda: harness.conn.state is S.READ_HEAD)
+    for _ in range(answered):
+        assert harness.body_of(4097) == docroot.content(path)
+
+
+def test_off_every_request_goes_through_the_states(docroot: DocRoot, certs: Certs) -> None:
+    h = TlsHarness(docroot, certs, fast_path=False)
+    try:
+        for _ in range(2):
+            h.send(_get("/static/hello.txt"))
+            assert h.body_of(6) == b"hello\n"
+        assert h.conn.handle is None
+        trace = _trace(h)
+        assert trace.count("SEND_HEAD") == 2
+    finally:
+        h.close()
 
 
 def test_plain_http_on_the_tls_side_is_a_400(harness: TlsHarness) -> None:

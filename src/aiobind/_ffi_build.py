@@ -54,6 +54,14 @@ int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, size_t w
                      long long *out, struct aiob_tally *tally, const long *cells,
                      double began);
 
+unsigned long aiob_tls_bind(const char *path);
+int aiob_tls_owns(void *ssl, int fd, void *owner);
+int aiob_tls_replay(void *ssl, char *buf, size_t first, size_t cap, const char *want,
+                    size_t want_len, const char *head, size_t head_len, io_context_t ctx,
+                    struct iocb *cb, int efd, char *data, size_t data_cap, int file,
+                    long long start, long long stop, long long *out,
+                    struct aiob_tally *tally, const long *cells, double began);
+
 #define RESOLVE_NO_XDEV ...
 #define RESOLVE_NO_MAGICLINKS ...
 #define RESOLVE_NO_SYMLINKS ...
@@ -64,6 +72,7 @@ int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, size_t w
 
 SOURCE = (
     r"""
+#include <dlfcn.h>
 #include <errno.h>
 #include <libaio.h>
 #include <linux/openat2.h>
@@ -200,6 +209,25 @@ static int replay_recv(int sock, char *buf, size_t cap, const char *want, size_t
     return 2;
 }
 
+/* One buffered read of [start, start + len) into `data` through `ctx` (a context of the
+   caller's, for this alone), its completion signalled on `efd` as every AIO read of the
+   worker is, and reaped: 1 when every byte came. Buffered, io_submit does the read
+   inside the call, as the Python path's reap_now assumes. */
+static int replay_read_aio(io_context_t ctx, struct iocb *cb, int efd, int file, char *data,
+                           size_t len, long long start) {
+    io_prep_pread(cb, file, data, len, start);
+    io_set_eventfd(cb, efd);
+    struct iocb *cbs[1] = { cb };
+    if (io_submit(ctx, 1, cbs) != 1)
+        return 0;
+    struct io_event ev;
+    int got;
+    do
+        got = io_getevents(ctx, 1, 1, &ev, NULL);
+    while (got == -EINTR);
+    return got == 1 && (long)ev.res == (long)len;
+}
+
 /* One keep-alive request answered again, all in C: recv; if the bytes are exactly
    `want` (the request answered last time), send `head` with MSG_MORE and sendfile
    [start, stop) of `file`. The same three system calls the Python path makes, without
@@ -268,17 +296,7 @@ static int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, s
     size_t len = (size_t)(stop - start);
     if (len == 0)
         return 1;
-    io_prep_pread(cb, file, data, len, start);
-    io_set_eventfd(cb, efd);
-    struct iocb *cbs[1] = { cb };
-    if (io_submit(ctx, 1, cbs) != 1)
-        return 1;
-    struct io_event ev;
-    int got;
-    do
-        got = io_getevents(ctx, 1, 1, &ev, NULL);
-    while (got == -EINTR);
-    if (got != 1 || (long)ev.res != (long)len)
+    if (!replay_read_aio(ctx, cb, efd, file, data, len, start))
         return 1;
     size_t head_sent = 0, body_sent = 0;
     while (body_sent < len) {
@@ -319,6 +337,135 @@ static int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, s
     return 2;
 }
 
+/* TLS: the few libssl functions a replay needs, taken from the copy of libssl the
+   interpreter's ssl module already loaded (RTLD_NOLOAD: never a second OpenSSL in the
+   process, whose SSL objects would not be ours to use). No OpenSSL headers at build
+   time: the prototypes are OpenSSL's stable public ones. */
+#define AIOB_SSL_ERROR_WANT_READ 2
+#define AIOB_SSL_ERROR_WANT_WRITE 3
+#define AIOB_SSL_ERROR_SYSCALL 5
+#define AIOB_SSL_ERROR_ZERO_RETURN 6
+static int (*tls_read)(void *, void *, int);
+static int (*tls_write)(void *, const void *, int);
+static int (*tls_get_error)(const void *, int);
+static int (*tls_pending)(const void *);
+static int (*tls_get_fd)(const void *);
+static void *(*tls_get_ex_data)(const void *, int);
+static void (*tls_clear_error)(void);
+
+/* Returns OpenSSL_version_num() of the bound library, 0 if `path` is not loaded or
+   lacks a symbol. */
+static unsigned long aiob_tls_bind(const char *path) {
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (h == NULL)
+        return 0;
+    unsigned long (*version)(void) = (unsigned long (*)(void))dlsym(h, "OpenSSL_version_num");
+    tls_read = (int (*)(void *, void *, int))dlsym(h, "SSL_read");
+    tls_write = (int (*)(void *, const void *, int))dlsym(h, "SSL_write");
+    tls_get_error = (int (*)(const void *, int))dlsym(h, "SSL_get_error");
+    tls_pending = (int (*)(const void *))dlsym(h, "SSL_pending");
+    tls_get_fd = (int (*)(const void *))dlsym(h, "SSL_get_fd");
+    tls_get_ex_data = (void *(*)(const void *, int))dlsym(h, "SSL_get_ex_data");
+    tls_clear_error = (void (*)(void))dlsym(h, "ERR_clear_error");
+    if (!version || !tls_read || !tls_write || !tls_get_error || !tls_pending ||
+        !tls_get_fd || !tls_get_ex_data || !tls_clear_error) {
+        tls_read = NULL;
+        return 0;
+    }
+    return version();
+}
+
+/* Is `ssl` the SSL object of the Python object `owner` on socket `fd`? (CPython's ssl
+   module keeps its object in the SSL's app data, ex_data index 0.) */
+static int aiob_tls_owns(void *ssl, int fd, void *owner) {
+    return tls_read != NULL && ssl != NULL && tls_get_fd(ssl) == fd &&
+           tls_get_ex_data(ssl, 0) == owner;
+}
+
+/* A failed SSL_read, as aiob_replay's recv: -EAGAIN when it only wants the socket
+   again; 0 at the end (close_notify, or EOF); -errno of a failed read; -EPROTO for a TLS
+   error (the Python path closes on every one). The error queue is left empty, as the
+   ssl module leaves it. */
+static int tls_read_failed(void *ssl, int n) {
+    int err = errno;
+    int e = tls_get_error(ssl, n);
+    tls_clear_error();
+    if (e == AIOB_SSL_ERROR_WANT_READ || e == AIOB_SSL_ERROR_WANT_WRITE)
+        return -EAGAIN;
+    if (e == AIOB_SSL_ERROR_ZERO_RETURN)
+        return 0;
+    if (e == AIOB_SSL_ERROR_SYSCALL)
+        return n < 0 && err ? -err : 0;
+    return -EPROTO;
+}
+
+/* A repeated request over TLS: SSL_read (and what SSL decrypted beyond it, which epoll
+   cannot see: up to `cap`, the first read taking at most `first`); if the bytes are
+   `want`, the head is copied into `data` and the body read after it (pread, or one
+   buffered io_submit through `ctx` when it is not NULL, signalled on `efd`), then one
+   SSL_write of both: the bytes and calls the Python path makes. Outcomes of aiob_replay,
+   out[2] = bytes in data; 3: SSL_write must be called again with those same bytes
+   (OpenSSL's rule after WANT_WRITE); 1 also when an AIO read came back short. */
+static int aiob_tls_replay(void *ssl, char *buf, size_t first, size_t cap, const char *want,
+                           size_t want_len, const char *head, size_t head_len,
+                           io_context_t ctx, struct iocb *cb, int efd, char *data,
+                           size_t data_cap, int file, long long start, long long stop,
+                           long long *out, struct aiob_tally *tally, const long *cells,
+                           double began) {
+    out[0] = out[1] = out[2] = out[3] = 0;
+    errno = 0;
+    int n = tls_read(ssl, buf, (int)(first < cap ? first : cap));
+    if (n <= 0)
+        return tls_read_failed(ssl, n);
+    size_t got = (size_t)n;
+    while (got < cap && tls_pending(ssl) > 0) {
+        n = tls_read(ssl, buf + got, (int)(cap - got));
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    out[0] = (long long)got;
+    size_t len = (size_t)(stop - start);
+    if (got != want_len || memcmp(buf, want, want_len) != 0 || head_len + len > data_cap)
+        return 1;
+    memcpy(data, head, head_len);
+    char *body = data + head_len;
+    if (ctx == NULL) {
+        size_t filled = 0;
+        while (filled < len) {
+            ssize_t k = pread(file, body + filled, len - filled, (off_t)(start + filled));
+            if (k < 0) {
+                if (errno == EINTR)
+                    continue;
+                out[3] = errno;
+                return 4;
+            }
+            if (k == 0)
+                return 5;
+            filled += (size_t)k;
+        }
+    } else {
+        if (!replay_read_aio(ctx, cb, efd, file, body, len, start))
+            return 1;
+    }
+    size_t total = head_len + len;
+    out[2] = (long long)total;
+    errno = 0;
+    int k = tls_write(ssl, data, (int)total);
+    if (k > 0) {
+        out[1] = (long long)total;
+        replay_tally(tally, cells, began, (long long)len);
+        return 2;
+    }
+    int err = errno;
+    int e = tls_get_error(ssl, k);
+    tls_clear_error();
+    if (e == AIOB_SSL_ERROR_WANT_WRITE || e == AIOB_SSL_ERROR_WANT_READ)
+        return 3;
+    out[3] = e == AIOB_SSL_ERROR_SYSCALL && err ? err : EPROTO;
+    return 4;
+}
+
 static int aiob_set_pdeathsig(int signo) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)signo, 0UL, 0UL, 0UL) < 0 ? -errno : 0;
 }
@@ -343,7 +490,7 @@ CDEF += "struct io_event { ...; };\n"
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
-ffibuilder.set_source("aiobind._native", SOURCE, libraries=["aio"])
+ffibuilder.set_source("aiobind._native", SOURCE, libraries=["aio", "dl"])
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

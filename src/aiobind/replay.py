@@ -35,6 +35,11 @@ BLOCKED: Final = 3  # the socket filled part way: see ``head_sent`` and ``file_p
 FAILED: Final = 4  # send or sendfile failed with ``errno``
 SHRANK: Final = 5  # the file ended before ``stop``
 
+# serve_tls: the largest head, and the first SSL_read's size (what follows it in the
+# same record comes after, so that ``capacity`` must exceed this by a record, 16 KiB).
+HEAD_ROOM: Final = 16 * 1024
+TLS_FIRST_READ: Final = 32 * 1024
+
 UNCOUNTED: Final[Any] = ffi.NULL  # ``cells`` for a call whose answer nobody counts
 
 
@@ -44,7 +49,10 @@ class Replay:
     largest body :meth:`serve_read` reads (its buffer and AIO context are made at the
     first call)."""
 
-    __slots__ = ("_buf", "_cap", "_cb", "_ctx", "_data", "_out", "_slot", "_tally", "read_size")
+    __slots__ = (
+        "_buf", "_cap", "_cb", "_ctx", "_data", "_out", "_sealed", "_slot", "_tally",
+        "read_size",
+    )  # fmt: skip
 
     def __init__(self, capacity: int = 64 * 1024, read_size: int = 64 * 1024) -> None:
         self._cap = capacity
@@ -54,6 +62,7 @@ class Replay:
         self._ctx = ffi.NULL
         self._cb = ffi.NULL
         self._data: AlignedBuffer | None = None
+        self._sealed: Any = None  # serve_tls's head and body, made at its first call
         self._tally = ffi.new("struct aiob_tally *")  # counts nothing until tally_into
         self._slot: object = None
 
@@ -128,6 +137,44 @@ class Replay:
             self._cb, efd, self._data.cdata, file, start, stop, self._out,  # type: ignore[union-attr]
             self._tally, cells, began,
         )  # fmt: skip
+
+    def serve_tls(
+        self,
+        ssl: Any,
+        want: bytes,
+        head: bytes,
+        file: int,
+        start: int,
+        stop: int,
+        efd: int = -1,
+        cells: Any = UNCOUNTED,
+        began: float = 0.0,
+    ) -> int:
+        """As :meth:`serve`, through the TLS session ``ssl`` (an ``SSL *`` from
+        :func:`aiobind.sslhandle.of`): SSL_read, and what SSL decrypted beyond it; the
+        head and the body, read with ``pread`` (or, with ``efd`` >= 0, by one buffered
+        ``io_submit`` signalled on it) into one buffer; one SSL_write. After
+        :data:`BLOCKED` the whole write must be made again with the same bytes,
+        :meth:`sealed` (OpenSSL's rule). A failed SSL_read is ``-errno`` as a failed recv
+        is (``-EPROTO``: a TLS error); after :data:`FAILED`, :attr:`file_pos` is 0 when
+        reading the file failed, else the write did. ``stop - start`` is at most
+        ``read_size`` and more than 0, and ``head`` at most :data:`HEAD_ROOM` bytes."""
+        if not 0 < stop - start <= self.read_size or len(head) > HEAD_ROOM:
+            raise ValueError(f"a body of 1 to {self.read_size} bytes, not {stop - start}")
+        if efd >= 0 and self._data is None:
+            self._open_reader()
+        if self._sealed is None:
+            self._sealed = ffi.new("char[]", self.read_size + HEAD_ROOM)
+        ctx, cb = (self._ctx, self._cb) if efd >= 0 else (ffi.NULL, ffi.NULL)
+        return lib.aiob_tls_replay(  # type: ignore[no-any-return]
+            ssl, self._buf, TLS_FIRST_READ, self._cap, want, len(want), head, len(head),
+            ctx, cb, efd, self._sealed, self.read_size + HEAD_ROOM, file, start, stop,
+            self._out, self._tally, cells, began,
+        )  # fmt: skip
+
+    def sealed(self) -> bytes:
+        """After :meth:`serve_tls` gave :data:`BLOCKED`: the bytes to write again."""
+        return ffi.buffer(self._sealed, self._out[2])[:]
 
     def _open_reader(self) -> None:
         holder = ffi.new("io_context_t *")

@@ -38,6 +38,8 @@ Again = tuple[bytes, respond.Reply, bytes, "FileCache", "Resource"]
 class Replaying:
     __slots__ = ()
 
+    file_path = "sendfile"  # how a /static/ body leaves, for the log and the metrics
+
     server: Worker
     fd: int
     peer: object
@@ -90,25 +92,19 @@ class Replaying:
         ):
             self.again = None
             return False
-        start, stop = reply.start, reply.stop
         done = server.replay
         aio = reply.way is respond.AIO
-        path = "aio-buffered" if aio else "sendfile"
+        path = "aio-buffered" if aio else self.file_path
         cells = reply.cells
         if cells is None:  # the first replay of this reply: where it is counted, if at all
             cells = reply.cells = server.tally(reply.status, req.prefix, path)
         now = server.loop.now
-        if aio:
-            outcome = done.serve_read(
-                self.fd, raw, reply.head, res.fd, start, stop, server.aio.efd_fd, cells, now
-            )
-        else:
-            outcome = done.serve(self.fd, raw, reply.head, res.fd, start, stop, cells, now)
+        outcome = self._replay_call(done, raw, reply, res.fd, aio, cells, now)
         if outcome == replay.SERVED:
             self.requests += 1
             cache.hits += 1
             self.status = reply.status
-            self.sent = stop - start
+            self.sent = reply.stop - reply.start
             self.path = path
             finish = server.on_replay  # the metrics counted it in C already
             if finish is not None:
@@ -130,6 +126,24 @@ class Replaying:
             self._replay_unfinished(outcome, reply, cache, aio)
         return True
 
+    def _replay_call(
+        self,
+        done: replay.Replay,
+        raw: bytes,
+        reply: respond.Reply,
+        fd: int,
+        aio: bool,
+        cells: object,
+        now: float,
+    ) -> int:
+        """The C call itself (a TLS connection makes its own)."""
+        if aio:
+            efd = self.server.aio.efd_fd
+            return done.serve_read(
+                self.fd, raw, reply.head, fd, reply.start, reply.stop, efd, cells, now
+            )
+        return done.serve(self.fd, raw, reply.head, fd, reply.start, reply.stop, cells, now)
+
     def _replay_unfinished(
         self, outcome: int, reply: respond.Reply, cache: FileCache, aio: bool
     ) -> None:
@@ -142,7 +156,7 @@ class Replaying:
         cache.hits += 1
         self.began = self.server.loop.now
         self.status = reply.status
-        self.path = "aio-buffered" if aio else "sendfile"
+        self.path = "aio-buffered" if aio else self.file_path
         start, stop = reply.start, reply.stop
         if outcome == replay.BLOCKED and aio:
             # The rest, copied out of the replay's buffer (at most replay_max bytes), as

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from aiobind import replay, sslhandle
 from aiobind.buffers import BufferPool
 from aws import heads, respond, tls, transfer
 from aws.connection import ON_EVENT, RECV_SIZE, Connection, Worker
@@ -25,6 +27,7 @@ from aws.states import HANDSHAKE, READ_HEAD, SEND_BUFFER, SEND_FILE, SEND_HEAD, 
 
 if TYPE_CHECKING:
     from aws.config import Config
+    from aws.files import FileCache
 
 log = logging.getLogger("aws.tls")
 
@@ -42,6 +45,11 @@ class TlsSide:
         self.ktls_requested = want_ktls
         self.buffers = BufferPool(config.tls_chunk, keep=config.tls_buffers)
         self.reported = False
+        # The fast path (aws.replaying) over TLS needs the session's SSL object.
+        why_not = sslhandle.available() if config.fast_path else "--no-fast-path"
+        self.replays = why_not is None
+        if why_not is not None and config.fast_path:
+            log.info("TLS: no fast path for repeated requests: %s", why_not)
         if want_ktls:
             log.info("TLS: kernel TLS requested (%s); checked on each handshake", why)
         else:
@@ -77,12 +85,10 @@ class TlsSide:
 
 
 class TlsConnection(Connection):
-    __slots__ = ("ktls", "stage", "tls")
+    __slots__ = ("handle", "ktls", "stage", "tls")
 
     send_out = staticmethod(transfer.ssl_send_bytes)  # heads go through SSL, kTLS or not
-
-    def _replayable(self, reply: respond.Reply) -> None:
-        """Never: the fast path's C call cannot read or write through the SSL object."""
+    file_path = "tls-copy"
 
     def __init__(self, server: Worker, sock: ssl.SSLSocket, peer: object, side: TlsSide) -> None:
         super().__init__(server, sock, peer)
@@ -90,6 +96,8 @@ class TlsConnection(Connection):
         self.tls = side
         self.ktls = False
         self.stage: transfer.Stage | None = None
+        # The session's SSL *, for the fast path's C call (None: never replayed).
+        self.handle: Any = None
 
     def on_event(self, events: int) -> None:
         TLS_ON_EVENT[self.state](self, events)
@@ -131,6 +139,8 @@ class TlsConnection(Connection):
             return
         self.ktls = self.tls.ktls_requested and tls.kernel_sends(sock)
         self.tls.report(self.ktls)
+        if self.tls.replays and not self.ktls:  # with kTLS the C call would skip the kernel
+            self.handle = sslhandle.of(sock)
         self._to(READ_HEAD)
         self._want(EPOLLIN)
         self._on_readable(EPOLLIN)  # the request often follows the Finished at once
@@ -165,6 +175,9 @@ class TlsConnection(Connection):
     # -- bytes in ------------------------------------------------------------------------
 
     def _on_readable(self, events: int) -> None:
+        again = self.again
+        if again is not None and not self.framer.buf and self._replay(again):
+            return
         data = self._recv()
         if data is not None:
             self._received(data)
@@ -183,6 +196,50 @@ class TlsConnection(Connection):
             log.debug("%s: TLS recv failed: %s", self.peer, exc)
             return b""
         return data
+
+    # -- the fast path (aws.replaying), through the SSL object -----------------------------
+
+    def _replayable(self, reply: respond.Reply) -> None:
+        if self.handle is not None and len(reply.head) <= replay.HEAD_ROOM:
+            super()._replayable(reply)
+
+    def _replay_call(
+        self,
+        done: replay.Replay,
+        raw: bytes,
+        reply: respond.Reply,
+        fd: int,
+        aio: bool,
+        cells: object,
+        now: float,
+    ) -> int:
+        efd = self.server.aio.efd_fd if aio else -1
+        return done.serve_tls(
+            self.handle, raw, reply.head, fd, reply.start, reply.stop, efd, cells, now
+        )
+
+    def _replay_unfinished(
+        self, outcome: int, reply: respond.Reply, cache: FileCache, aio: bool
+    ) -> None:
+        done = self.server.replay
+        if outcome == replay.FAILED:
+            why = OSError(done.errno, os.strerror(done.errno))
+            what = "TLS send failed" if done.file_pos else "reading the file failed"
+            self._abort(f"{what}: {why}")
+        elif outcome == replay.BLOCKED:
+            # SSL_write took part of the head and body: the rest goes as a head-only
+            # reply, the very bytes written again, as OpenSSL requires.
+            self.requests += 1
+            cache.hits += 1
+            self.began = self.server.loop.now
+            self.status = reply.status
+            self.path = "aio-buffered" if aio else self.file_path
+            self.sent = reply.stop - reply.start
+            self.out = done.sealed()
+            self._to(SEND_HEAD)
+            self._block()
+        else:
+            super()._replay_unfinished(outcome, reply, cache, aio)
 
     # -- bytes out -----------------------------------------------------------------------
 
