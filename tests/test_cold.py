@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,41 @@ def test_cachestat_sees_eviction_and_reads(cold_root: DocRoot) -> None:
         os.close(fd)
 
 
+def _cached_but(path: Path, *holes: tuple[int, int]) -> None:
+    """The first 13 MiB of ``path`` in the page cache but for ``holes`` (offset, length):
+    a cached file that lost a few pages. Read with readahead off, so that no large folio
+    spans a hole (an fadvise DONTNEED could not take part of one out)."""
+    evict(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for pos in range(0, 13 * MiB, 64 * 1024):
+            if not any(off <= pos < off + length for off, length in holes):
+                os.pread(fd, 64 * 1024, pos)
+        for off, length in holes:
+            assert aiobind.cachestat(fd, off, length).cache == 0, "a hole was read"
+    finally:
+        os.close(fd)
+
+
+def test_a_cold_range_ends_where_the_page_cache_has_the_file_again(cold_root: DocRoot) -> None:
+    path = cold_root.path / "static" / "big.bin"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        evict(path)
+        assert transfer.cold_until(fd, 0, 3 * MiB) == 3 * MiB  # all cold: one call
+        _cached_but(path, (2 * MiB, 64 * 1024), (4 * MiB, 256 * 1024))
+        assert transfer.cold_until(fd, 2 * MiB, 5 * MiB) == 2 * MiB + 64 * 1024
+        # from inside the hole, not on a span boundary: to the same end
+        assert transfer.cold_until(fd, 2 * MiB + 5000, 5 * MiB) == 2 * MiB + 64 * 1024
+        # a span with a single cached page is not warm: the hole goes on through it
+        os.pread(fd, 4096, 4 * MiB + 200 * 1024)
+        assert transfer.cold_until(fd, 4 * MiB, 8 * MiB) == 4 * MiB + 256 * 1024
+        assert transfer.cold_until(fd, 4 * MiB, 4 * MiB + 100) == 4 * MiB + 100  # the limit
+    finally:
+        os.close(fd)
+
+
 # -- the mixed path, in-process --------------------------------------------------------
 
 
@@ -122,6 +158,30 @@ def test_a_body_cold_at_the_start_goes_back_to_sendfile_where_it_is_warm(
     # sendfile again for the part that is in the page cache
     assert "SEND_BUFFER SEND_FILE" in names and names.endswith("SEND_FILE DONE READ_HEAD")
     assert harness.server.bulk == 0
+
+
+def test_a_small_hole_is_read_alone_and_asked_back_into_the_page_cache(
+    harness: Harness, cold_root: DocRoot
+) -> None:
+    """A cached file that lost a few pages (reclaim): AIO reads only the hole, sendfile
+    the rest, and the hole is asked back so the next download stays on sendfile."""
+    path = cold_root.path / "static" / "big.bin"
+    _cached_but(path, (6 * MiB, 64 * 1024))
+    assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
+    names = " ".join(s.name for s in harness.conn.trace)
+    assert "SEND_FILE AIO_WAIT SEND_BUFFER SEND_FILE" in names, names
+    assert names.count("AIO_WAIT") == 1 and harness.conn.path == "mixed"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + 10
+        while aiobind.cachestat(fd, 6 * MiB, 64 * 1024).cache < 16:  # WILLNEED's reads
+            assert time.monotonic() < deadline, "the hole was not read back in"
+            time.sleep(0.01)
+    finally:
+        os.close(fd)
+    harness.conn.trace.clear()
+    assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
+    assert "AIO_WAIT" not in " ".join(s.name for s in harness.conn.trace)
 
 
 def test_a_warm_body_never_leaves_sendfile(harness: Harness, cold_root: DocRoot) -> None:

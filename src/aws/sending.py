@@ -215,7 +215,9 @@ class Sending:
             return
         server = self.server
         depth = server.config.aio_depth
-        end = min(self.stop, self.pos + depth * server.aio.chunk_size)
+        limit = min(self.stop, self.pos + depth * server.aio.chunk_size)
+        end = transfer.cold_until(res.fd, self.pos, limit)
+        transfer.refill(res.fd, self.pos, end)
         self.path = "mixed"  # part of a sendfile response read by AIO: it was cold
         self._to(AIO_WAIT)
         self.deadline = None  # the disk is ours to wait for, not the client's fault
