@@ -7,7 +7,9 @@ outcome the C function returns, each checked from what the client decrypts.
 
 from __future__ import annotations
 
+import _ssl
 import contextlib
+import ctypes
 import errno
 import os
 import socket
@@ -149,6 +151,19 @@ def test_what_ssl_decrypted_beyond_the_first_read_is_taken_too(
 
 def test_nothing_yet_is_eagain(pair: Pair, body: int) -> None:
     assert _serve(Replay(), pair, body) == -errno.EAGAIN
+
+
+def test_an_error_left_in_openssls_queue_is_not_taken_for_this_calls(pair: Pair, body: int) -> None:
+    """The error queue is per thread and shared with the ssl module: a stale entry must
+    not turn an idle socket into a protocol error."""
+    crypto = ctypes.CDLL(_ssl.__file__, mode=os.RTLD_NOLOAD)  # _ssl's OpenSSL
+    if not hasattr(crypto, "ERR_set_error"):
+        pytest.skip("OpenSSL before 3.0: no ERR_set_error to leave an error with")
+    crypto.ERR_new()
+    crypto.ERR_set_error(20, 1, None)  # ERR_LIB_SSL, a reason
+    assert crypto.ERR_peek_error() != 0
+    assert _serve(Replay(), pair, body) == -errno.EAGAIN
+    assert crypto.ERR_peek_error() == 0
 
 
 def test_close_notify_is_closed(pair: Pair, body: int) -> None:

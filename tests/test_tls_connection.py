@@ -210,6 +210,11 @@ def test_a_repeated_request_is_answered_without_entering_a_state(
         assert harness.body_of(4097) == docroot.content(path)
     assert _trace(harness) == before  # answered in the C call, through SSL
     assert harness.conn.requests == 5
+    again = harness.conn.again
+    assert again is not None and again[1].cells is not None
+    # Counted under TLS's own way out: a whole file's reply is shared with plain HTTP.
+    way = "tls-copy" if prefix == "static" else "aio-buffered"
+    assert set(again[1].cells) == {way}
     assert harness.server.tls is not None and harness.server.tls.buffers.outstanding == 0
 
 
@@ -237,6 +242,20 @@ def test_a_full_socket_hands_the_same_bytes_to_the_python_machine(
     harness.pump_until(lambda: harness.conn.state is S.READ_HEAD)
     for _ in range(answered):
         assert harness.body_of(4097) == docroot.content(path)
+
+
+def test_a_closing_connection_lets_go_of_its_ssl_object(
+    harness: TlsHarness, docroot: DocRoot
+) -> None:
+    for _ in range(2):
+        harness.send(_get("/static/hello.txt"))
+        assert harness.body_of(6) == b"hello\n"
+    assert harness.conn.handle is not None
+    harness.send(_get("/static/hello.txt", "Connection: close\r\n"))
+    assert harness.body_of(6) == b"hello\n"
+    harness.pump_until(lambda: harness.conn.state in (S.LINGER, S.CLOSED))
+    # shutdown() and close() free the SSL object: no pointer to it may be kept
+    assert harness.conn.handle is None and harness.conn.again is None
 
 
 def test_off_every_request_goes_through_the_states(docroot: DocRoot, certs: Certs) -> None:

@@ -337,10 +337,10 @@ static int aiob_replay_read(int sock, char *buf, size_t cap, const char *want, s
     return 2;
 }
 
-/* TLS: the few libssl functions a replay needs, taken from the copy of libssl the
-   interpreter's ssl module already loaded (RTLD_NOLOAD: never a second OpenSSL in the
-   process, whose SSL objects would not be ours to use). No OpenSSL headers at build
-   time: the prototypes are OpenSSL's stable public ones. */
+/* TLS: the few libssl functions a replay needs, taken from the OpenSSL the
+   interpreter's ssl module uses (RTLD_NOLOAD: never a second OpenSSL in the process,
+   whose SSL objects would not be ours to use). No OpenSSL headers at build time: the
+   prototypes are OpenSSL's stable public ones. */
 #define AIOB_SSL_ERROR_WANT_READ 2
 #define AIOB_SSL_ERROR_WANT_WRITE 3
 #define AIOB_SSL_ERROR_SYSCALL 5
@@ -353,8 +353,10 @@ static int (*tls_get_fd)(const void *);
 static void *(*tls_get_ex_data)(const void *, int);
 static void (*tls_clear_error)(void);
 
-/* Returns OpenSSL_version_num() of the bound library, 0 if `path` is not loaded or
-   lacks a symbol. */
+/* `path` is the ssl module's extension (_ssl.*.so), already loaded: the symbols are
+   looked up through its handle, so among the libraries it was linked with, whatever
+   else the process loaded. Returns OpenSSL_version_num() of what was bound, 0 if `path`
+   is not loaded or a symbol is missing (an _ssl linked statically keeps them hidden). */
 static unsigned long aiob_tls_bind(const char *path) {
     void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
     if (h == NULL)
@@ -413,6 +415,7 @@ static int aiob_tls_replay(void *ssl, char *buf, size_t first, size_t cap, const
                            long long *out, struct aiob_tally *tally, const long *cells,
                            double began) {
     out[0] = out[1] = out[2] = out[3] = 0;
+    tls_clear_error(); /* what SSL_get_error reads must be this call's (as nginx does) */
     errno = 0;
     int n = tls_read(ssl, buf, (int)(first < cap ? first : cap));
     if (n <= 0)
@@ -450,6 +453,7 @@ static int aiob_tls_replay(void *ssl, char *buf, size_t first, size_t cap, const
     }
     size_t total = head_len + len;
     out[2] = (long long)total;
+    tls_clear_error();
     errno = 0;
     int k = tls_write(ssl, data, (int)total);
     if (k > 0) {

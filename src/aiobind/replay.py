@@ -161,14 +161,14 @@ class Replay:
         ``read_size`` and more than 0, and ``head`` at most :data:`HEAD_ROOM` bytes."""
         if not 0 < stop - start <= self.read_size or len(head) > HEAD_ROOM:
             raise ValueError(f"a body of 1 to {self.read_size} bytes, not {stop - start}")
-        if efd >= 0 and self._data is None:
-            self._open_reader()
+        if efd >= 0 and self._ctx == ffi.NULL:
+            self._open_context()
         if self._sealed is None:
             self._sealed = ffi.new("char[]", self.read_size + HEAD_ROOM)
         ctx, cb = (self._ctx, self._cb) if efd >= 0 else (ffi.NULL, ffi.NULL)
         return lib.aiob_tls_replay(  # type: ignore[no-any-return]
             ssl, self._buf, TLS_FIRST_READ, self._cap, want, len(want), head, len(head),
-            ctx, cb, efd, self._sealed, self.read_size + HEAD_ROOM, file, start, stop,
+            ctx, cb, efd, self._sealed, ffi.sizeof(self._sealed), file, start, stop,
             self._out, self._tally, cells, began,
         )  # fmt: skip
 
@@ -177,13 +177,17 @@ class Replay:
         return ffi.buffer(self._sealed, self._out[2])[:]
 
     def _open_reader(self) -> None:
+        if self._ctx == ffi.NULL:
+            self._open_context()
+        self._data = AlignedBuffer(self.read_size)
+
+    def _open_context(self) -> None:
         holder = ffi.new("io_context_t *")
         rc = lib.aiob_setup(1, holder)
         if rc < 0:
             raise OSError(-rc, f"io_setup: {os.strerror(-rc)}")
         self._ctx = holder[0]
         self._cb = ffi.new("struct iocb *")
-        self._data = AlignedBuffer(self.read_size)
 
     def body(self, length: int) -> bytes:
         """The first ``length`` bytes :meth:`serve_read` read (a copy)."""

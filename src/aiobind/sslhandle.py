@@ -7,9 +7,10 @@ would, and trusted only after OpenSSL itself confirms it:
 - CPython's ``_ssl._SSLSocket`` object starts with the object header, a weak reference
   to the socket, then the ``SSL *`` (the same from 3.11 through 3.14). Only those
   versions of CPython are tried.
-- libssl's functions come from the copy of libssl that ``_ssl`` loaded (found in
-  ``/proc/self/maps``, opened with ``RTLD_NOLOAD``), and only if its version is the one
-  ``ssl.OPENSSL_VERSION_NUMBER`` reports: a statically linked ``_ssl`` has none to share.
+- libssl's functions are looked up through ``_ssl``'s own handle (``dlopen`` of its
+  file with ``RTLD_NOLOAD``), so they are those of the libssl it was linked with, and
+  only if their version is the one ``ssl.OPENSSL_VERSION_NUMBER`` reports: a statically
+  linked ``_ssl`` has none to share.
 - Each pointer is checked before use: ``SSL_get_fd`` must give the socket's descriptor
   and ``SSL_get_app_data`` the ``_ssl`` object itself, where CPython stores it.
 
@@ -22,6 +23,7 @@ Python path serves it as before.
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
 import ssl
 import sys
@@ -35,24 +37,15 @@ _SSL_OFFSET = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
 _why_not: str | None = "not bound yet"
 
 
-def _loaded_libssl() -> str | None:
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            path = line.rstrip("\n").partition("/")[2]
-            if path and "/libssl.so" in "/" + path:
-                return "/" + path
-    return None
-
-
 def _bind() -> str | None:
     if sys.implementation.name != "cpython" or sys.version_info[:2] not in _LAYOUTS:
         return f"no known ssl object layout for {sys.implementation.name} {sys.version}"
-    path = _loaded_libssl()
+    path = getattr(_ssl, "__file__", None)
     if path is None:
-        return "the ssl module's OpenSSL is not a shared libssl"
+        return "the ssl module is built into the interpreter: no libssl of its own to share"
     version = lib.aiob_tls_bind(path.encode())
     if version != ssl.OPENSSL_VERSION_NUMBER:
-        return f"{path} is not the ssl module's OpenSSL ({version:#x})"
+        return f"{path} does not share its OpenSSL ({version:#x})"
     return None
 
 

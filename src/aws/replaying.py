@@ -95,9 +95,11 @@ class Replaying:
         done = server.replay
         aio = reply.way is respond.AIO
         path = "aio-buffered" if aio else self.file_path
-        cells = reply.cells
+        ways = reply.cells
+        cells = ways.get(path) if ways is not None else None
         if cells is None:  # the first replay of this reply: where it is counted, if at all
-            cells = reply.cells = server.tally(reply.status, req.prefix, path)
+            cells = server.tally(reply.status, req.prefix, path)
+            reply.cells = {**(ways or {}), path: cells}
         now = server.loop.now
         outcome = self._replay_call(done, raw, reply, res.fd, aio, cells, now)
         if outcome == replay.SERVED:

@@ -50,8 +50,9 @@ class Reply:
         self.start = start
         self.stop = stop
         self.way = way
-        # Where a replay of it is counted (Replaying._replay sets it at the first one).
-        self.cells: object = None
+        # Where a replay of it is counted, per way out (a reply of a whole file is shared
+        # by plain and TLS connections); Replaying._replay fills it at the first one.
+        self.cells: dict[str, object] | None = None
 
 
 class PartsReply(Reply):

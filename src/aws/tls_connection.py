@@ -197,7 +197,19 @@ class TlsConnection(Connection):
             return b""
         return data
 
+    def _start_linger(self) -> None:
+        self._forget_session()  # shutdown() frees the SSL object
+        super()._start_linger()
+
+    def close(self) -> None:
+        self._forget_session()
+        super().close()
+
     # -- the fast path (aws.replaying), through the SSL object -----------------------------
+
+    def _forget_session(self) -> None:
+        self.handle = None
+        self.again = None
 
     def _replayable(self, reply: respond.Reply) -> None:
         if self.handle is not None and len(reply.head) <= replay.HEAD_ROOM:

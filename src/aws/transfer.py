@@ -203,7 +203,9 @@ def cold_until(fd: int, pos: int, limit: int) -> int:
     end = min(limit, (pos // MIN_SLICE + 1) * MIN_SLICE)
     while end < limit:
         nxt = min(limit, end + MIN_SLICE)
-        if cachestat(fd, end, nxt - end).cache >= pages(end, nxt - end):
+        if cachestat(fd, end, nxt - end).cache >= pages(end, nxt - end) and uptodate_at(
+            fd, (nxt - 1) // PAGE * PAGE
+        ):
             return end
         end = nxt
     return limit
