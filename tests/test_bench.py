@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.httpbench import cli, idle
+from bench.httpbench import cli, cold, idle
 from bench.httpbench.growth import growth_lines
 from bench.httpbench.report import cpu_median, median_of, medians_table, raw_table
 from bench.httpbench.servers import (
@@ -240,3 +240,14 @@ def test_growth_rows_are_aws_and_nginx_only() -> None:
         assert BY_KEY[key].aws_nginx_only
     assert BY_KEY["ka-1k-idle"].idle == 10_000
     assert BY_KEY["static-64m-c256"].conns == 256
+
+
+def test_cold_reads_the_loops_own_p99_turn_from_two_scrapes() -> None:
+    before = [(0.0005, 10.0), (0.001, 10.0), (float("inf"), 10.0)]
+    after = [(0.0005, 910.0), (0.001, 1008.0), (float("inf"), 1010.0)]
+    # 1000 turns in between: 900 within 0.5 ms, 998 within 1 ms, 2 beyond
+    assert cold.turn_p99(before, after) == 0.001
+    after[1] = (0.001, 985.0)  # only 975 within 1 ms: the p99 is beyond the last bound
+    assert cold.turn_p99(before, after) == float("inf")
+    row = cold.report({("cached", "aws"): [cold.Cell(1.0, 1.0, 1.0, 1.0, 1.0, 0.001)]}, ["aws"], 1)
+    assert "| cached | aws |" in row and "| <= 1 |" in row

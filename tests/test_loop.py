@@ -121,6 +121,25 @@ def test_the_clock_is_read_once_per_turn_however_many_events(
     assert clock.reads - before == 1
 
 
+def test_a_watched_loop_counts_each_turns_work_not_its_wait(loop: Loop, clock: FakeClock) -> None:
+    counts = [0] * 4
+    seconds = [0.0]
+    loop.watch((0.001, 0.01, 0.1), counts, seconds)
+    loop.call_soon(lambda: clock.advance(0.004))  # a turn whose work took 4 ms
+    loop.run_once()
+    clock.advance(5.0)  # time between turns (in epoll) is not work
+    loop.call_soon(lambda: None)
+    loop.run_once()
+    loop.call_soon(lambda: clock.advance(0.5))  # one that held the loop for 500 ms
+    loop.run_once()
+    assert counts == [1, 1, 0, 1]
+    assert seconds[0] == pytest.approx(0.504)
+    before = clock.reads
+    loop.call_soon(lambda: None)
+    loop.run_once()
+    assert clock.reads - before == 2  # the turn's start and its end
+
+
 def test_the_default_clock_is_monotonic() -> None:
     lp = Loop()
     try:

@@ -191,6 +191,9 @@ def test_the_single_process_serves_its_own_metrics(docroot: DocRoot) -> None:
         s = _samples(mport)
         assert _value(s, "aws_requests_total", code="2xx", prefix="dynamic") == 3
         assert _value(s, "aws_workers_up") == 1
+        turns = _value(s, "aws_loop_turn_seconds_count")
+        assert turns >= 3  # at least a turn a request
+        assert _value(s, "aws_loop_turn_seconds_bucket", le="+Inf") == turns
         assert _scrape(mport, "/nope")[0] == 404
         data = get_raw(("127.0.0.1", mport), b"POST /metrics HTTP/1.1\r\nHost: m\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 405 ")
@@ -229,6 +232,9 @@ def test_slots_fold_into_retired_totals_and_render_parses() -> None:
 
     for took in (0.0001, 0.003, 20.0):
         assert count(Conn()) == took  # type: ignore[arg-type]
+    counters.turns[0] += 5  # what a watched loop adds: five turns of <= 100 us
+    counters.turns[-1] += 1  # and one over the last bound
+    counters.turn_seconds[0] += 0.2
     assert shared.snapshot().total(REQUESTS + 2 * 3) == 0  # tallied, not yet published
     counters.sample()  # the worker's sweep
     shared.release(a)
@@ -255,6 +261,11 @@ def test_slots_fold_into_retired_totals_and_render_parses() -> None:
     assert values[("aws_request_duration_seconds_bucket", (("le", "+Inf"),))] == 4
     assert values[("aws_worker_restarts_total", (("worker", "0"),))] == 1
     assert families["aws_request_duration_seconds"].type == "histogram"
+    assert values[("aws_loop_turn_seconds_bucket", (("le", "0.0001"),))] == 5
+    assert values[("aws_loop_turn_seconds_bucket", (("le", "0.1"),))] == 5
+    assert values[("aws_loop_turn_seconds_bucket", (("le", "+Inf"),))] == 6
+    assert values[("aws_loop_turn_seconds_sum", ())] == pytest.approx(0.2)
+    assert families["aws_loop_turn_seconds"].type == "histogram"
     assert values[("aws_workers_up", ())] == 1
 
 

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,30 @@ class Cell:
     p99: float
     max: float
     dl_mibs: float
+    turn_p99: float | None = None  # aws only: its loop's own p99 turn, an upper bound (s)
+
+
+# aws runs with --metrics here, so that its loop's turn times during wrk's run can be
+# read (aws_loop_turn_seconds): what the server itself made a ready request wait, apart
+# from what the client's core (shared with the download threads) added.
+_METRICS_PORT: dict[int, int] = {}
+
+
+def _turn_buckets(port: int) -> list[tuple[float, float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    found = re.findall(r'(?m)^aws_loop_turn_seconds_bucket\{le="([^"]+)"\} (\S+)$', text)
+    return [(float(le), float(n)) for le, n in found]
+
+
+def turn_p99(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    """The bucket bound under which 99% of the turns between two scrapes fell."""
+    counts = [(le, n - m) for (le, n), (_, m) in zip(after, before, strict=True)]
+    total = counts[-1][1]
+    for le, n in counts:
+        if n >= 0.99 * total:
+            return le
+    return float("inf")
 
 
 def make_root(tmp: Path) -> Path:
@@ -98,12 +123,16 @@ def warm(path: Path) -> None:
 @contextlib.contextmanager
 def server(name: str, root: Path, tmp: Path) -> Iterator[int]:
     if name == "aws":
+        mport = free_port()
         cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "aws", "--root", str(root)]
-        srv = harness.start([*cmd, "--workers", "1", "--log-level", "info"], cwd=REPO_DIR)
+        cmd += ["--workers", "1", "--log-level", "info", "--metrics", f"127.0.0.1:{mport}"]
+        srv = harness.start(cmd, cwd=REPO_DIR)
+        _METRICS_PORT[srv.port] = mport
         try:
             yield srv.port
         finally:
             harness.stop(srv)
+            del _METRICS_PORT[srv.port]
         return
     port = free_port()
     aio = "aio threads;" if name == "nginx-aio-threads" else ""
@@ -245,15 +274,25 @@ def measure(name: str, case: str, root: Path, tmp: Path, duration: int) -> Cell:
             assert left <= BIG // 20, f"{path.name}: {left} bytes still in the page cache"
             RESIDUE[0] = max(RESIDUE[0], left)
     with server(name, root, tmp) as port:
-        if case == "none":
+        mport = _METRICS_PORT.get(port)
+
+        def hot() -> tuple[float, float, float, float, float | None]:
+            before = _turn_buckets(mport) if mport else []
             rps, p50, p99, lat_max = run_wrk(port, duration)
-            return Cell(rps, p50, p99, lat_max, 0.0)
+            if not mport:
+                return rps, p50, p99, lat_max, None
+            time.sleep(0.3)  # one metrics sweep (0.25 s) after the last turn
+            return rps, p50, p99, lat_max, turn_p99(before, _turn_buckets(mport))
+
+        if case == "none":
+            rps, p50, p99, lat_max, turns = hot()
+            return Cell(rps, p50, p99, lat_max, 0.0, turns)
         with Downloads(port, files, evicted=case == "evicted") as dl:
             time.sleep(0.5)  # the downloads are under way before the hot client starts
-            rps, p50, p99, lat_max = run_wrk(port, duration)
+            rps, p50, p99, lat_max, turns = hot()
         if dl.errors:
             raise RuntimeError(f"{name}: downloads failed: {dl.errors[:3]}")
-        return Cell(rps, p50, p99, lat_max, sum(dl.received) / MiB / dl.seconds)
+        return Cell(rps, p50, p99, lat_max, sum(dl.received) / MiB / dl.seconds, turns)
 
 
 def report(cells: dict[tuple[str, str], list[Cell]], servers: list[str], rounds: int) -> str:
@@ -264,8 +303,9 @@ def report(cells: dict[tuple[str, str], list[Cell]], servers: list[str], rounds:
         f"{rounds} alternated rounds, medians. One worker on CPU {SERVER_CPU}; wrk -t1 -c10 "
         f"and {DOWNLOADS} download threads on CPU {CLIENT_CPU}.",
         "",
-        "| big files | server | hot req/s | p50 ms | p99 ms | max ms | downloads MiB/s |",
-        "|---|---|---|---|---|---|---|",
+        "| big files | server | hot req/s | p50 ms | p99 ms | max ms | downloads MiB/s "
+        "| loop turn p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         for name in servers:
@@ -276,9 +316,11 @@ def report(cells: dict[tuple[str, str], list[Cell]], servers: list[str], rounds:
             def med(attr: str, runs: list[Cell] = runs) -> float:
                 return statistics.median(getattr(c, attr) for c in runs)
 
+            turns = [c.turn_p99 for c in runs if c.turn_p99 is not None]
+            turn = f"<= {statistics.median(turns) * 1000:g}" if turns else "—"
             lines.append(
                 f"| {case} | {name} | {med('rps'):,.0f} | {med('p50'):.2f} | {med('p99'):.2f} "
-                f"| {med('max'):.1f} | {med('dl_mibs'):,.0f} |"
+                f"| {med('max'):.1f} | {med('dl_mibs'):,.0f} | {turn} |"
             )
     lines += [
         "",
@@ -287,12 +329,20 @@ def report(cells: dict[tuple[str, str], list[Cell]], servers: list[str], rounds:
         f"Cached: at most {SHORTFALL[0] / MiB:.1f} MiB of one was missing from it (the VM's "
         "kernel reclaims page cache on its own).",
         "",
+        "Loop turn p99 (aws only, which runs with `--metrics` here): the bucket bound of "
+        "`aws_loop_turn_seconds` under which 99% of the worker's loop turns fell while wrk "
+        "ran (scraped before and after; a sweep's 0.25 s of downloads-only turns on either "
+        "side are included). A ready request waits behind at most the rest of one turn "
+        "and its own place in the next; what wrk reports beyond that was added outside "
+        "the server, on the client core the download threads share.",
+        "",
         "Every round:",
         "",
     ]
     for (case, name), runs in cells.items():
         shown = "; ".join(
             f"{c.rps:,.0f} req/s p99 {c.p99:.2f} ms max {c.max:.1f} ms dl {c.dl_mibs:,.0f}"
+            + (f" turn p99 <= {c.turn_p99 * 1000:g} ms" if c.turn_p99 is not None else "")
             for c in runs
         )
         lines.append(f"- {case} / {name}: {shown}")
@@ -328,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"[round {r + 1}/{args.rounds}] {case:8} {name:18} {cell.rps:9,.0f} "
                         f"req/s p99 {cell.p99:6.2f} ms max {cell.max:6.1f} ms "
-                        f"downloads {cell.dl_mibs:7,.0f} MiB/s",
+                        f"downloads {cell.dl_mibs:7,.0f} MiB/s"
+                        + (f" turn p99 <= {cell.turn_p99 * 1000:g} ms" if cell.turn_p99 else ""),
                         flush=True,
                     )
     finally:

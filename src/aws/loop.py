@@ -14,6 +14,7 @@ import contextlib
 import heapq
 import logging
 import select
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from itertools import count
@@ -48,6 +49,13 @@ class Loop:
         self.max_events = max_events
         self.now = clock()
         self.running = False
+        # How long each turn's work took (events, callbacks, timers; not the wait in
+        # epoll): the longest a ready event waits behind the others. A histogram of
+        # counts by ``turn_bounds`` (seconds, ``<=``; one more for the rest) and the
+        # seconds summed, kept only when someone reads them (``watch``).
+        self.turn_bounds: tuple[float, ...] = ()
+        self.turn_counts: list[int] | None = None
+        self.turn_seconds = [0.0]
 
     # -- registration -------------------------------------------------------------------
 
@@ -80,6 +88,11 @@ class Loop:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         self.call_at(self.clock() + delay, callback)
+
+    def watch(self, bounds: tuple[float, ...], counts: list[int], seconds: list[float]) -> None:
+        """Count each turn's duration into ``counts`` (``len(bounds) + 1`` of them) and
+        add it to ``seconds[0]``."""
+        self.turn_bounds, self.turn_counts, self.turn_seconds = bounds, counts, seconds
 
     # -- running ------------------------------------------------------------------------
 
@@ -121,9 +134,16 @@ class Loop:
             except Exception:
                 log.exception("callback %r failed", callback)
         timers = self._timers
+        if timers and timers[0][0] <= self.now:
+            self._run_timers(timers)
+        counts = self.turn_counts
+        if counts is not None:
+            took = self.clock() - self.now
+            counts[bisect_left(self.turn_bounds, took)] += 1
+            self.turn_seconds[0] += took
+
+    def _run_timers(self, timers: list[tuple[float, int, Callable[[], None]]]) -> None:
         now = self.now
-        if not timers or timers[0][0] > now:
-            return
         # Only the timers due when the turn began: one that a timer callback schedules for
         # ``now`` or earlier waits for the next turn, as it would under a moving clock, so a
         # clock that stands still (a test's) cannot spin this loop forever.

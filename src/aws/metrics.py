@@ -34,11 +34,13 @@ if TYPE_CHECKING:
     from aws.server import Server
 
 CELL = 8
-SLOT_CELLS = 64
+SLOT_CELLS = 80
 MAX_INDEX = 256  # worker indexes with retired totals and restart counts
 
 # Request duration buckets, seconds (le): from a cached small file to a long download.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Loop turn durations, seconds (le): from a turn of a few requests to a loop that waited.
+TURN_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 PREFIXES = ("static", "dynamic", "other")
 WAYS = ("none", "sendfile", "aio_direct", "aio_buffered", "mixed", "tls_copy")  # logs.WAY_*
@@ -57,8 +59,13 @@ REFUSED = AIO_QUEUED + 1  # counters again, added to by the sweep
 ACCEPT_PAUSES = REFUSED + 1
 CACHE_HITS = ACCEPT_PAUSES + 1  # open-file cache, both prefixes
 CACHE_MISSES = CACHE_HITS + 1
-assert CACHE_MISSES < SLOT_CELLS
-_FOLDED = [*range(REQUESTS, CONNECTIONS), REFUSED, ACCEPT_PAUSES, CACHE_HITS, CACHE_MISSES]
+TURNS = CACHE_MISSES + 1  # len(TURN_BUCKETS) + 1 (+Inf), not cumulative
+TURN_US = TURNS + len(TURN_BUCKETS) + 1
+assert TURN_US < SLOT_CELLS
+_FOLDED = [
+    *range(REQUESTS, CONNECTIONS), REFUSED, ACCEPT_PAUSES, CACHE_HITS, CACHE_MISSES,
+    *range(TURNS, TURN_US + 1),
+]  # fmt: skip
 
 # Cells of the header.
 SEQ, DRAINING, RELOADS = 0, 1, 2
@@ -87,7 +94,7 @@ class WorkerCounters:
     the gauges are the sum over the servers attached.
     """
 
-    __slots__ = ("cells", "hist", "rows", "seconds", "servers")
+    __slots__ = ("cells", "hist", "rows", "seconds", "servers", "turn_seconds", "turns")
 
     def __init__(self, cells: memoryview) -> None:
         self.cells = cells
@@ -98,9 +105,12 @@ class WorkerCounters:
         self.rows: dict[tuple[int, int, str], list[int]] = {}
         self.hist = [0] * (len(BUCKETS) + 1)
         self.seconds = [0.0]
+        self.turns = [0] * (len(TURN_BUCKETS) + 1)  # the loop's turns, since the last sample
+        self.turn_seconds = [0.0]
 
     def attach(self, server: Server) -> None:
         self.servers.append(server)
+        server.loop.watch(TURN_BUCKETS, self.turns, self.turn_seconds)  # one loop a process
 
     def detach(self, server: Server) -> None:
         self.sample()  # its last responses, refusals and pauses
@@ -168,6 +178,15 @@ class WorkerCounters:
         if seconds[0]:
             cells[SUM_US] += round(seconds[0] * 1_000_000)
             seconds[0] = 0.0
+        turns = self.turns
+        for i, n in enumerate(turns):
+            if n:
+                cells[TURNS + i] += n
+                turns[i] = 0
+        turn_seconds = self.turn_seconds
+        if turn_seconds[0]:
+            cells[TURN_US] += round(turn_seconds[0] * 1_000_000)
+            turn_seconds[0] = 0.0
 
 
 class Shared:
@@ -298,6 +317,19 @@ def _family(name: str, kind: str, help: str) -> str:
     return f"# HELP {name} {help}\n# TYPE {name} {kind}\n"
 
 
+def _histogram(
+    snap: Snapshot, name: str, help: str, first: int, bounds: tuple[float, ...], sum_us: int
+) -> Iterator[str]:
+    yield _family(name, "histogram", help)
+    cumulative = 0
+    for i, le in enumerate((*bounds, float("inf"))):
+        cumulative += snap.total(first + i)
+        label = "+Inf" if le == float("inf") else repr(le)
+        yield _series(name + "_bucket", {"le": label}, cumulative)
+    yield _series(name + "_sum", {}, snap.total(sum_us) / 1_000_000)
+    yield _series(name + "_count", {}, cumulative)
+
+
 def render(snap: Snapshot) -> str:
     """The Prometheus text exposition format (version 0.0.4)."""
     return "".join(_render(snap))
@@ -324,18 +356,23 @@ def _render(snap: Snapshot) -> Iterator[str]:
     yield _family("aws_responses_by_way_total", "counter", "Responses by how the body went out.")
     for i, way in enumerate(WAYS):
         yield _series("aws_responses_by_way_total", {"way": way}, snap.total(RESPONSES + i))
-    name = "aws_request_duration_seconds"
-    yield _family(
-        name, "histogram", "From the loop turn that decided a response to its last byte sent."
+    yield from _histogram(
+        snap,
+        "aws_request_duration_seconds",
+        "From the loop turn that decided a response to its last byte sent.",
+        HIST,
+        BUCKETS,
+        SUM_US,
     )
-    cumulative = 0
-    for i, le in enumerate((*BUCKETS, float("inf"))):
-        cumulative += snap.total(HIST + i)
-        yield _series(
-            name + "_bucket", {"le": "+Inf" if le == float("inf") else repr(le)}, cumulative
-        )
-    yield _series(name + "_sum", {}, snap.total(SUM_US) / 1_000_000)
-    yield _series(name + "_count", {}, cumulative)
+    yield from _histogram(
+        snap,
+        "aws_loop_turn_seconds",
+        "Work of one event-loop turn (events, callbacks, timers; not the wait in epoll): "
+        "how long a ready event can wait behind the others.",
+        TURNS,
+        TURN_BUCKETS,
+        TURN_US,
+    )
     for cell, metric, help in (
         (CONNECTIONS, "aws_connections_open", "Client connections open."),
         (AIO_IN_FLIGHT, "aws_aio_reads_in_flight", "AIO reads submitted and not yet reaped."),
