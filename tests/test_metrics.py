@@ -192,7 +192,7 @@ def test_the_single_process_serves_its_own_metrics(docroot: DocRoot) -> None:
         assert _value(s, "aws_requests_total", code="2xx", prefix="dynamic") == 3
         assert _value(s, "aws_workers_up") == 1
         turns = _value(s, "aws_loop_turn_seconds_count")
-        assert turns >= 3  # at least a turn a request
+        assert turns >= 1  # the turns that answered (one may answer several)
         assert _value(s, "aws_loop_turn_seconds_bucket", le="+Inf") == turns
         assert _scrape(mport, "/nope")[0] == 404
         data = get_raw(("127.0.0.1", mport), b"POST /metrics HTTP/1.1\r\nHost: m\r\n\r\n")

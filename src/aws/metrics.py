@@ -169,24 +169,22 @@ class WorkerCounters:
             cells[counted] += responses
             cells[body] += sent
             cells[way] += responses
-        hist = self.hist
-        for i, n in enumerate(hist):
-            if n:
-                cells[HIST + i] += n
-                hist[i] = 0
-        seconds = self.seconds
-        if seconds[0]:
-            cells[SUM_US] += round(seconds[0] * 1_000_000)
-            seconds[0] = 0.0
-        turns = self.turns
-        for i, n in enumerate(turns):
-            if n:
-                cells[TURNS + i] += n
-                turns[i] = 0
-        turn_seconds = self.turn_seconds
-        if turn_seconds[0]:
-            cells[TURN_US] += round(turn_seconds[0] * 1_000_000)
-            turn_seconds[0] = 0.0
+        _move_histogram(cells, HIST, self.hist, SUM_US, self.seconds)
+        _move_histogram(cells, TURNS, self.turns, TURN_US, self.turn_seconds)
+
+
+def _move_histogram(
+    cells: memoryview, first: int, counts: list[int], sum_us: int, seconds: list[float]
+) -> None:
+    """Add a histogram tallied in lists to its cells from ``first`` (and its seconds to
+    the microseconds at ``sum_us``), and zero the lists."""
+    for i, n in enumerate(counts):
+        if n:
+            cells[first + i] += n
+            counts[i] = 0
+    if seconds[0]:
+        cells[sum_us] += round(seconds[0] * 1_000_000)
+        seconds[0] = 0.0
 
 
 class Shared:
