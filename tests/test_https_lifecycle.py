@@ -333,3 +333,58 @@ def test_https_only_with_plain_off(docroot: DocRoot, certs: Certs, workers: int)
 def test_plain_off_without_a_certificate_is_refused(docroot: DocRoot) -> None:
     proc = _start_fails(["--plain", "off"], docroot.path)
     assert proc.returncode == 1 and "--plain off needs --tls-cert" in proc.stderr
+
+
+def _served_certificate(https: Https, trusted: Certs) -> bytes:
+    """The certificate the server presents now, to a client trusting ``trusted``'s CA."""
+    raw = socket.create_connection(https.addr, timeout=10)
+    with trusted.client_context().wrap_socket(raw, server_hostname=https.srv.host) as s:
+        der = s.getpeercert(binary_form=True)
+        s.sendall(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(1 << 16):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello\n")
+        assert der is not None
+        return der
+
+
+def _der(cert: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_sighup_serves_a_renewed_certificate_and_keeps_the_old_for_a_broken_one(
+    docroot: DocRoot, certs: Certs, tmp_path: Path, workers: int
+) -> None:
+    """A certificate renewed in place (certbot, cert-manager) is served after SIGHUP; one
+    that does not load leaves the workers serving the old one, with an error line."""
+    live = Certs(certs.ca, tmp_path / "cert.pem", tmp_path / "key.pem")
+    shutil.copy(certs.cert, live.cert)
+    shutil.copy(certs.key, live.key)
+    https = start_https(docroot.path, docroot=docroot, certs=live, workers=workers)
+    srv = https.srv
+    try:
+        assert _served_certificate(https, certs) == _der(certs.cert)
+        (tmp_path / "renewed").mkdir()
+        renewed = make_certs(tmp_path / "renewed")  # a new key, from a new CA
+        shutil.copy(renewed.cert, live.cert)
+        shutil.copy(renewed.key, live.key)
+        srv.proc.send_signal(signal.SIGHUP)
+        assert srv.wait_for_log(r"SIGHUP: reloaded the configuration", 10), srv.log()
+        deadline = time.monotonic() + 10
+        while True:  # the old workers may answer a last connection while they drain
+            try:
+                if _served_certificate(https, renewed) == _der(renewed.cert):
+                    break
+            except ssl.SSLCertVerificationError:
+                pass
+            assert time.monotonic() < deadline, srv.log()
+            time.sleep(0.05)
+        live.cert.write_text("not a certificate\n")
+        srv.proc.send_signal(signal.SIGHUP)
+        line = srv.wait_for_log(r"ERROR .*SIGHUP: .*TLS certificate or key unusable.*", 10)
+        assert line is not None, srv.log()
+        assert _served_certificate(https, renewed) == _der(renewed.cert)
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()

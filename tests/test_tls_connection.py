@@ -9,13 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,8 +22,7 @@ from aws.config import Config
 from aws.loop import Loop
 from aws.server import Server
 from aws.states import State
-from aws.tls import TlsSetupError
-from aws.tls_connection import TlsConnection, TlsSide
+from aws.tls_connection import TlsConnection
 from tests.conftest import DocRoot, file_name
 from tests.tls_helpers import Certs, make_certs
 
@@ -289,55 +285,6 @@ def test_handshake_timeout_closes(harness: TlsHarness) -> None:
     harness.conn.timed_out()  # what the sweep calls once the deadline has passed
     assert harness.conn.state is S.CLOSED
     assert harness.conn not in harness.server.conns
-
-
-def _handshake(server_ctx: ssl.SSLContext, trusted: Certs) -> str | None:
-    """A blocking handshake over a socketpair; returns the client's error, or None."""
-    a, b = socket.socketpair()
-    with a, b:
-        errors: list[BaseException] = []
-
-        def serve() -> None:
-            try:
-                with server_ctx.wrap_socket(a, server_side=True):
-                    pass
-            except (ssl.SSLError, OSError) as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=serve)
-        t.start()
-        try:
-            with trusted.client_context().wrap_socket(b, server_hostname="localhost"):
-                return None
-        except ssl.SSLError as exc:
-            return str(exc)
-        finally:
-            b.close()
-            t.join(10)
-
-
-def test_reload_picks_up_a_renewed_certificate(certs: Certs, tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    shutil.copy(certs.cert, cert)
-    shutil.copy(certs.key, key)
-    side = TlsSide(Config(tls_cert=str(cert), tls_key=str(key)))
-    try:
-        assert _handshake(side.context, certs) is None
-        (tmp_path / "renewed").mkdir()
-        renewed = make_certs(tmp_path / "renewed")
-        shutil.copy(renewed.cert, cert)
-        shutil.copy(renewed.key, key)
-        side.reload()
-        assert _handshake(side.context, renewed) is None
-        failure = _handshake(side.context, certs)  # the old CA no longer vouches for it
-        assert failure is not None and "CERTIFICATE_VERIFY_FAILED" in failure
-        current = side.context
-        cert.write_text("junk\n")  # a botched renewal keeps the working context
-        with pytest.raises(TlsSetupError):
-            side.reload()
-        assert side.context is current
-    finally:
-        side.close()
 
 
 @pytest.mark.parametrize("size", [1, 4097])

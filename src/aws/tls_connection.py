@@ -60,16 +60,6 @@ class TlsSide:
                 config.tls_chunk // 1024,
             )
 
-    def reload(self) -> None:
-        """Read the certificate and key again (a renewal): new connections get the new
-        context, those already open keep theirs. Raises TlsSetupError, keeping the old
-        context, when the new files are unusable."""
-        assert self.config.tls_cert is not None
-        self.context = tls.build_context(
-            self.config.tls_cert, self.config.tls_key, self.ktls_requested
-        )
-        log.info("TLS: certificate reloaded from %s", self.config.tls_cert)
-
     def report(self, ktls: bool) -> None:
         """Log once per worker what the kernel did with the first handshake."""
         if self.reported or not self.ktls_requested:

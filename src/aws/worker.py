@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 import aiobind
 from aws.config import Config
 from aws.limits import check_aio
-from aws.listeners import StartupError, restart_needed
+from aws.listeners import StartupError, check_tls, restart_needed
 from aws.logs import tag_process
 from aws.loop import EPOLLIN, Loop
 from aws.metrics import Shared, Snapshot, WorkerCounters
@@ -248,6 +248,7 @@ class Serving:
             new = self.reload()
             for change in restart_needed(old.config, new):
                 log.warning("SIGHUP: %s changed; that needs a restart, kept as it was", change)
+            check_tls(new)  # one error line for a renewal gone wrong, the old one serving
             check_aio(1, new.aio_maxevents)
             plain, secure = old.sockets()
             fresh = Server(

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 
 from aws.config import Config
 from aws.limits import check_aio
-from aws.listeners import Listeners, StartupError, describe, open_listeners, restart_needed
+from aws.listeners import (
+    Listeners,
+    StartupError,
+    check_tls,
+    describe,
+    open_listeners,
+    restart_needed,
+)
 from aws.metrics import Shared, WorkerCounters
 from aws.metrics_http import metrics_listener, metrics_process
 from aws.proctitle import set_title
@@ -273,6 +280,9 @@ class Supervisor:
                 raise StartupError("--workers 1 runs without a supervisor: restart to get it")
             for change in restart_needed(old, new):
                 log.warning("SIGHUP: %s changed; that needs a restart, kept as it was", change)
+            # A renewed certificate that does not load must not become workers that cannot
+            # start (the supervisor would stop): the old ones serve on with theirs.
+            check_tls(new)
             # The old workers keep their contexts while they drain: the new ones need theirs.
             check_aio(new.workers, new.aio_maxevents)
             self.listeners.resize(new.workers, old.backlog)
