@@ -40,7 +40,7 @@ MAX_INDEX = 256  # worker indexes with retired totals and restart counts
 # Request duration buckets, seconds (le): from a cached small file to a long download.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Loop turn durations, seconds (le): from a turn of a few requests to a loop that waited.
-TURN_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+TURN_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 PREFIXES = ("static", "dynamic", "other")
 WAYS = ("none", "sendfile", "aio_direct", "aio_buffered", "mixed", "tls_copy")  # logs.WAY_*
