@@ -153,37 +153,49 @@ class Replaying:
         the rest from where the C call stopped, or ends the connection as it would."""
         res = reply.res
         assert res is not None
-        done = self.server.replay
         self.requests += 1
         cache.hits += 1
         self.began = self.server.loop.now
         self.status = reply.status
         self.path = "aio-buffered" if aio else self.file_path
+        if outcome == replay.BLOCKED:
+            self._replay_rest(reply, aio)
+        elif outcome == replay.SHRANK:
+            res.checked = float("-inf")  # the next request re-checks the file at once
+            self._abort("file shrank during the transfer")
+        else:
+            self._abort(self._replay_failure(reply, aio))
+
+    def _replay_rest(self, reply: respond.Reply, aio: bool) -> None:
+        """The socket filled part way: the Python machine sends the rest."""
+        res = reply.res
+        assert res is not None
+        done = self.server.replay
         start, stop = reply.start, reply.stop
-        if outcome == replay.BLOCKED and aio:
+        if aio:
             # The rest, copied out of the replay's buffer (at most replay_max bytes), as
             # a head-only reply: the same bytes the Python path sends from AIO buffers.
             self.sent = stop - start
             self.out = reply.head[done.head_sent :] + done.body(stop - start)[done.file_pos :]
             self._to(SEND_HEAD)
             self._block()
-        elif outcome == replay.BLOCKED:
-            res.refs += 1
-            self.res = res
-            self.pos = pos = done.file_pos
-            self.stop = self.warm_to = stop
-            self.sent = pos - start
-            self.out = reply.head[done.head_sent :]
-            self._to(SEND_HEAD)
-            if not self.out:
-                self._to(SEND_FILE)
-            self._block()
-        elif outcome == replay.SHRANK:
-            res.checked = float("-inf")  # the next request re-checks the file at once
-            self._abort("file shrank during the transfer")
-        else:
-            what = "send" if aio or done.head_sent < len(reply.head) else "sendfile"
-            self._abort(f"{what} failed: {OSError(done.errno, os.strerror(done.errno))}")
+            return
+        res.refs += 1
+        self.res = res
+        self.pos = pos = done.file_pos
+        self.stop = self.warm_to = stop
+        self.sent = pos - start
+        self.out = reply.head[done.head_sent :]
+        self._to(SEND_HEAD)
+        if not self.out:
+            self._to(SEND_FILE)
+        self._block()
+
+    def _replay_failure(self, reply: respond.Reply, aio: bool) -> str:
+        """The log line of a C call that failed (FAILED), as the Python path words it."""
+        done = self.server.replay
+        what = "send" if aio or done.head_sent < len(reply.head) else "sendfile"
+        return f"{what} failed: {OSError(done.errno, os.strerror(done.errno))}"
 
     def _replayable(self, reply: respond.Reply) -> None:
         """Called by ``_start`` for a short body read from the page cache in one turn."""

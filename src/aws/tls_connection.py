@@ -27,7 +27,6 @@ from aws.states import HANDSHAKE, READ_HEAD, SEND_BUFFER, SEND_FILE, SEND_HEAD, 
 
 if TYPE_CHECKING:
     from aws.config import Config
-    from aws.files import FileCache
 
 log = logging.getLogger("aws.tls")
 
@@ -220,28 +219,18 @@ class TlsConnection(Connection):
             self.handle, raw, reply.head, fd, reply.start, reply.stop, efd, cells, now
         )
 
-    def _replay_unfinished(
-        self, outcome: int, reply: respond.Reply, cache: FileCache, aio: bool
-    ) -> None:
+    def _replay_rest(self, reply: respond.Reply, aio: bool) -> None:
+        # SSL_write took part of the head and body: all of it goes again as a head-only
+        # reply, the very bytes, as OpenSSL requires.
+        self.sent = reply.stop - reply.start
+        self.out = self.server.replay.sealed()
+        self._to(SEND_HEAD)
+        self._block()
+
+    def _replay_failure(self, reply: respond.Reply, aio: bool) -> str:
         done = self.server.replay
-        if outcome == replay.FAILED:
-            why = OSError(done.errno, os.strerror(done.errno))
-            what = "TLS send failed" if done.file_pos else "reading the file failed"
-            self._abort(f"{what}: {why}")
-        elif outcome == replay.BLOCKED:
-            # SSL_write took part of the head and body: the rest goes as a head-only
-            # reply, the very bytes written again, as OpenSSL requires.
-            self.requests += 1
-            cache.hits += 1
-            self.began = self.server.loop.now
-            self.status = reply.status
-            self.path = "aio-buffered" if aio else self.file_path
-            self.sent = reply.stop - reply.start
-            self.out = done.sealed()
-            self._to(SEND_HEAD)
-            self._block()
-        else:
-            super()._replay_unfinished(outcome, reply, cache, aio)
+        what = "TLS send failed" if done.file_pos else "reading the file failed"
+        return f"{what}: {OSError(done.errno, os.strerror(done.errno))}"
 
     # -- bytes out -----------------------------------------------------------------------
 

@@ -186,13 +186,19 @@ def warm_until(fd: int, pos: int, stop: int) -> int:
     (``pos`` itself when the next bytes would come from the disk)."""
     for span in (PROBE_SPAN, MIN_SLICE):
         end = min(stop, pos + span)
-        if cachestat(fd, pos, end - pos).cache >= pages(pos, end - pos) and uptodate_at(
-            fd, (end - 1) // PAGE * PAGE
-        ):
+        if _readable(fd, pos, end):
             return end
         if end == stop:
             break
     return pos
+
+
+def _readable(fd: int, start: int, end: int) -> bool:
+    """Every page of ``[start, end)`` in the page cache, and the last one readable (a
+    page being read in is counted by cachestat before it can be read)."""
+    return cachestat(fd, start, end - start).cache >= pages(start, end - start) and uptodate_at(
+        fd, (end - 1) // PAGE * PAGE
+    )
 
 
 def cold_until(fd: int, pos: int, limit: int) -> int:
@@ -203,9 +209,7 @@ def cold_until(fd: int, pos: int, limit: int) -> int:
     end = min(limit, (pos // MIN_SLICE + 1) * MIN_SLICE)
     while end < limit:
         nxt = min(limit, end + MIN_SLICE)
-        if cachestat(fd, end, nxt - end).cache >= pages(end, nxt - end) and uptodate_at(
-            fd, (nxt - 1) // PAGE * PAGE
-        ):
+        if _readable(fd, end, nxt):
             return end
         end = nxt
     return limit
