@@ -135,6 +135,24 @@ def test_known_methods_are_405_with_allow(method: str) -> None:
     assert not exc.close  # framing is known: no body
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        head(b"DELETE /static/f.bin HTTP/1.1", b"Host: x"),  # 405, by the fast grammar
+        head(b"BREW /static/f.bin HTTP/1.1", b"Host: x"),  # 501
+        head(b"GET /static/f.bin HTTP/2.0", b"Host: x"),  # 505
+        head(b"GET /static/f.bin HTTP/1.1", b"Host: x", b"bad field"),  # 400, slowly
+        head(b"GET /static/f.bin HTTP/1.1"),  # 400: no Host
+    ],
+)
+def test_a_refused_request_keeps_its_line_for_the_access_log(raw: bytes) -> None:
+    assert error(raw).line == raw.split(b"\r\n")[0]
+
+
+def test_an_unreadable_request_line_has_none() -> None:
+    assert error(head(b"GET  /static/f.bin HTTP/1.1", b"Host: x")).line is None
+
+
 def test_405_with_a_body_closes() -> None:
     exc = error(head(b"POST /static/f.bin HTTP/1.1", b"Host: x", b"Content-Length: 5"))
     assert (exc.status, exc.close) == (405, True)

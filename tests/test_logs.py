@@ -76,6 +76,47 @@ def test_json_names_the_way_each_body_went_out(
     assert [r["bytes"] for r in records] == [4096, 1024 * 1024 + 3, 6, 0]
 
 
+def test_a_refused_request_is_logged_with_its_line(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path, docroot: DocRoot
+) -> None:
+    """nginx's way: a request refused before it was served (405, 501, 505) still logs
+    the line the client sent; one whose line could not be read logs "-"."""
+    common, as_json = tmp_path / "common.log", tmp_path / "json.log"
+    refused = [
+        b"DELETE /static/hello.txt HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"BREW /static/a HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /static/hello.txt HTTP/2.0\r\nHost: t\r\n\r\n",
+        b"NOT A REQUEST LINE\r\n\r\n",
+    ]
+    for log_path, kind in ((common, "common"), (as_json, "json")):
+        extra = ["--access-log", str(log_path), "--log-format", kind]
+        srv = start_in(mode, request, tmp_path, docroot, workers=1, extra=extra)
+        try:
+            answers = [get_raw(srv.addr, raw).split(b"\r\n", 1)[0] for raw in refused]
+        finally:
+            assert stop_server(srv.proc) == 0
+        assert answers == [
+            b"HTTP/1.1 405 Method Not Allowed",
+            b"HTTP/1.1 501 Not Implemented",
+            b"HTTP/1.1 505 HTTP Version Not Supported",
+            b"HTTP/1.1 400 Bad Request",
+        ]
+    lines = common.read_text().splitlines()
+    assert [line.split('] "', 1)[1] for line in lines] == [
+        'DELETE /static/hello.txt HTTP/1.1" 405 0',
+        'BREW /static/a HTTP/1.1" 501 0',
+        'GET /static/hello.txt HTTP/2.0" 505 0',
+        '-" 400 0',
+    ]
+    records = [json.loads(line) for line in as_json.read_text().splitlines()]
+    assert [(r["method"], r["path"], r["status"]) for r in records] == [
+        ("DELETE", "/static/hello.txt", 405),
+        ("BREW", "/static/a", 501),
+        ("GET", "/static/hello.txt", 505),
+        (None, None, 400),
+    ]
+
+
 def test_formatter_is_one_line_whatever_the_headers() -> None:
     req = SimpleNamespace(
         method="GET", target=b"/a", version=11, headers={b"user-agent": b'x"\\y', b"referer": b""}

@@ -75,6 +75,7 @@ class Connection(Replaying, Sending):
         "peer",
         "pending",
         "pos",
+        "refused",
         "registered",
         "req",
         "requests",
@@ -101,6 +102,7 @@ class Connection(Replaying, Sending):
         self.busy = False  # inside _process: completions must not recurse into it
         self.requests = 0
         self.req: Request | None = None  # the last request answered (kept for _replay)
+        self.refused: bytes | None = None  # the request line of a request refused unparsed
         # After a short reply that may be given again: the request's bytes, the reply,
         # the Date it carries, its cache and the cache's entry for it (see _replay).
         self.again: Again | None = None
@@ -334,6 +336,7 @@ class Connection(Replaying, Sending):
         else:
             self.keep_alive = req.keep_alive and not self.server.draining and not self.eof
         self.req = req
+        self.refused = exc.line
         server = self.server
         self._start(respond.error(exc, req, server.date.value, self.keep_alive, server.caches))
 

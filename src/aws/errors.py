@@ -15,7 +15,8 @@ class HttpError(Exception):
 
     ``close`` says the connection cannot be reused: after it, where the next request
     starts is unknown (or the client is hostile), so we stop reading. ``method`` is the
-    request's method when the request line could be read (a HEAD gets no error body).
+    request's method when the request line could be read (a HEAD gets no error body),
+    and ``line`` that line as it came, for the access log.
     """
 
     def __init__(
@@ -34,3 +35,4 @@ class HttpError(Exception):
         self.headers = headers
         self.method = method
         self.request = request  # the parsed head, when the error is about its body
+        self.line: bytes | None = None

@@ -187,6 +187,7 @@ def parse_head(head: bytes) -> Request:
         return _request(method_b.decode("ascii"), target, version, headers)  # token: ASCII
     except HttpError as exc:
         exc.method = method_b.decode("ascii")
+        exc.line = head.split(b"\r\n", 1)[0]
         raise
 
 
@@ -216,6 +217,7 @@ def _parse_slowly(head: bytes) -> Request:
         return _request(method_b.decode("ascii"), target, version, headers)
     except HttpError as exc:
         exc.method = method_b.decode("ascii")
+        exc.line = head.split(b"\r\n", 1)[0]
         raise
 
 

@@ -78,9 +78,17 @@ class _Clock:
 def _request_line(conn: Connection) -> str:
     req = conn.req
     if req is None:
-        return "-"
+        # Refused before it became a request (405, 501, 505, 431, a bad field): the
+        # line as it came, as nginx logs it, so an operator sees what was asked.
+        return _quoted(conn.refused)
     version = "1.1" if req.version == 11 else "1.0"
     return f"{req.method} {req.target.decode('latin-1')} HTTP/{version}"
+
+
+def _refused(conn: Connection, field: int) -> str | None:
+    """The method (0) or target (1) of a request line refused before it was parsed."""
+    line = conn.refused
+    return line.split(b" ")[field].decode("latin-1") if line else None
 
 
 Formatter = Callable[["Connection", float, float, int], str]
@@ -109,8 +117,8 @@ def make_formatter(kind: str, worker: int) -> Formatter:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
             + f".{int(now * 1000) % 1000:03d}Z",
             "remote": peer_text(conn.peer),
-            "method": req.method if req is not None else None,
-            "path": req.target.decode("latin-1") if req is not None else None,
+            "method": req.method if req is not None else _refused(conn, 0),
+            "path": req.target.decode("latin-1") if req is not None else _refused(conn, 1),
             "status": conn.status,
             "bytes": conn.sent,
             "duration": round(duration, 6),
