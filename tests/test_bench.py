@@ -251,3 +251,12 @@ def test_cold_reads_the_loops_own_p99_turn_from_two_scrapes() -> None:
     assert cold.turn_p99(before, after) == float("inf")
     row = cold.report({("cached", "aws"): [cold.Cell(1.0, 1.0, 1.0, 1.0, 1.0, 0.001)]}, ["aws"], 1)
     assert "| cached | aws |" in row and "| <= 1 |" in row
+
+
+def test_cold_downloads_only_reports_the_cost_of_a_mib() -> None:
+    cells = {("downloads", "nginx"): [cold.Cell(0.0, 0.0, 0.0, 0.0, 2000.0, None, 0.5)] * 3}
+    text = cold.report(cells, ["nginx"], 3)
+    assert "| downloads only | nginx | — | — | — | — | 2,000 (0.500 ms of the server core" in text
+    assert "core 0.500 ms/MiB" in text
+    total, idle = cold.core_times("0")
+    assert total > 0 and 0 <= idle <= total
