@@ -158,9 +158,11 @@ def start_server(
     env: dict[str, str] | None = None,
     preexec: Callable[[], None] | None = None,
     timeout: float = 20.0,
+    wrapper: tuple[str, ...] = (),
 ) -> ServerProcess:
-    """Start the server on a free port (``--port 0``) and wait for its listening line."""
-    cmd = [sys.executable, "-m", "aws", "--root", str(root), "--workers", str(workers)]
+    """Start the server on a free port (``--port 0``) and wait for its listening line;
+    ``wrapper`` goes before the interpreter (``setpriv ...``, as a service manager would)."""
+    cmd = [*wrapper, sys.executable, "-m", "aws", "--root", str(root), "--workers", str(workers)]
     cmd += ["--log-level", "info", *(extra or [])]
     if mode == "pure":
         cmd.append("--no-fast-path")
