@@ -3,11 +3,14 @@ cache, on a real directory tree, without a server or a socket."""
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
+import aiobind
 from aws.files import FileCache, Redirect
 from aws.http import HttpError
 
@@ -80,6 +83,61 @@ def test_policy_table(tree: Path, policy: str) -> None:
     finally:
         cache.close()
     assert got == {url: row[column] for url, row in EXPECTED.items()}
+
+
+# Every refused link says why in the log (the README's promise), naming the file once.
+REFUSED_LOG = {
+    # url under dynamic/ -> (policy, what the log says)
+    "to-outside": ("root", "dynamic/to-outside: symlink refused: it leads outside the boundary"),
+    "absolute": ("root", "dynamic/absolute: symlink refused: it leads outside the boundary"),
+    "to-hidden": ("root", "dynamic/to-hidden: symlink refused: it leads to a hidden name"),
+    "to-beside": ("prefix", "dynamic/to-beside: symlink refused: it leads outside the boundary"),
+    "to-env": ("prefix", "dynamic/to-env: symlink refused: it leads outside the boundary"),
+    "in-prefix": ("none", "dynamic/in-prefix: symlink refused: --symlinks none"),
+}
+
+
+@pytest.mark.parametrize("url", list(REFUSED_LOG))
+def test_a_refused_link_is_logged_once_by_its_path(
+    tree: Path, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    policy, line = REFUSED_LOG[url]
+    cache = FileCache(str(tree), "dynamic", direct=False, symlinks=policy)
+    try:
+        with caplog.at_level("INFO", logger="aws.files"):
+            assert status(cache, url) == 404
+    finally:
+        cache.close()
+    assert [r.getMessage() for r in caplog.records] == [f"{tree}/{line}"]
+
+
+def test_a_unix_socket_or_a_fifo_in_the_root_is_404(tree: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(tree / "dynamic" / "sock"))
+        os.mkfifo(tree / "dynamic" / "fifo")
+        cache = FileCache(str(tree), "dynamic", direct=False)
+        try:
+            assert status(cache, "sock") == 404
+            assert status(cache, "fifo") == 404
+        finally:
+            cache.close()
+
+
+def test_an_open_that_fails_otherwise_is_500_with_a_log_line(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    cache = FileCache(str(tree), "dynamic", direct=False)
+    monkeypatch.setattr(aiobind, "openat2", broken)
+    try:
+        with caplog.at_level("ERROR", logger="aws.files"), pytest.raises(HttpError) as info:
+            read(cache, "hello.txt")
+    finally:
+        cache.close()
+    assert info.value.status == 500
+    assert f"{tree}/dynamic/hello.txt: cannot open: {os.strerror(errno.EIO)}" in caplog.text
 
 
 def test_a_followed_link_serves_the_target_bytes(tree: Path) -> None:

@@ -49,10 +49,23 @@ _RESOLVE = aiobind.RESOLVE_BENEATH | aiobind.RESOLVE_NO_MAGICLINKS
 _RESOLVE_NO_LINKS = _RESOLVE | aiobind.RESOLVE_NO_SYMLINKS
 SYMLINK_POLICIES = ("root", "prefix", "none")
 # errno values that mean "nothing servable there": not found, escaping the root
-# (EXDEV), a symlink loop or a file where a directory was expected.
+# (EXDEV), a symlink loop, a file where a directory was expected, or a Unix socket or a
+# device with no driver (ENXIO, ENODEV: open cannot read those).
 _NOT_FOUND = frozenset(
-    {errno.ENOENT, errno.ENOTDIR, errno.EXDEV, errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL}
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EXDEV,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.EINVAL,
+        errno.ENXIO,
+        errno.ENODEV,
+    }
 )
+# Why a link was refused, when the kernel refused it: said in the log, as the README
+# promises for every mode.
+_LINK_REFUSED = {errno.EXDEV: "it leads outside the boundary", errno.ELOOP: "a loop"}
 
 
 class Redirect(Exception):
@@ -324,16 +337,26 @@ class FileCache:
             if exc.errno == errno.EACCES:
                 raise http.HttpError(403, "permission denied") from None
             if exc.errno in _NOT_FOUND:
+                why = _LINK_REFUSED.get(exc.errno)
+                if exc.errno == errno.ELOOP and self.symlinks == "none":
+                    why = "--symlinks none"
+                if why is not None:
+                    log.info("%s: symlink refused: %s", self._shown(path), why)
                 raise http.HttpError(404, os.strerror(exc.errno)) from None
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 raise http.HttpError(503, "out of file descriptors") from None
-            raise
+            log.error("%s: cannot open: %s", self._shown(path), exc.strerror)
+            raise http.HttpError(500, f"open failed: {exc.strerror}") from None
         why = self._hidden_target(fd)
         if why is not None:
             os.close(fd)
-            log.info("%s/%s: symlink refused: %s", self.directory, os.fsdecode(path), why)
+            log.info("%s: symlink refused: %s", self._shown(path), why)
             raise http.HttpError(404, "symlink target refused")
         return fd
+
+    def _shown(self, path: bytes) -> str:
+        """The file a path beneath the boundary names, for the log."""
+        return os.path.join(self.directory, os.fsdecode(path[len(self._lead) :]))
 
     def _hidden_target(self, fd: int) -> str | None:
         """Why the file a symlink led to may not be served, or None when it may."""
