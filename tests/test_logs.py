@@ -130,6 +130,24 @@ def test_formatter_is_one_line_whatever_the_headers() -> None:
     assert record["worker"] == 3 and record["via"] == "sendfile" and record["duration"] == 0.25
 
 
+def test_what_the_client_sent_cannot_forge_fields_or_write_control_bytes() -> None:
+    """Apache's escaping, in the request line as in the headers: a quote cannot end the
+    field, and bytes outside printable ASCII are written as \\xhh."""
+    req = SimpleNamespace(
+        method="GET",
+        target=b'/static/a"%20200%201%20"-',
+        version=11,
+        headers={b"user-agent": b"caf\xc3\xa9\x1b[31m", b"referer": b"back\\slash"},
+    )
+    conn = SimpleNamespace(peer=("127.0.0.1", 1), status=404, sent=0, req=req)
+    line = make_formatter("combined", 0)(conn, 0.0, 0.0, 0)  # type: ignore[arg-type]
+    assert line.endswith(
+        '"GET /static/a\\"%20200%201%20\\"- HTTP/1.1" 404 0 "back\\\\slash" '
+        '"caf\\xc3\\xa9\\x1b[31m"\n'
+    )
+    assert line.count('"') - line.count('\\"') == 6  # three fields, two quotes each
+
+
 def test_sigusr1_reopens_in_every_worker_and_loses_no_line(
     mode: str, request: pytest.FixtureRequest, tmp_path: Path, docroot: DocRoot
 ) -> None:

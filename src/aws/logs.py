@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -52,12 +53,24 @@ def peer_text(peer: object) -> str:
     return "unix:" if peer in ("", b"") else str(peer)
 
 
+# What a quoted log field may hold as it is: printable ASCII but the quote and the
+# backslash. The rest is escaped as Apache's mod_log_config does (\" \\ \xhh), so a
+# client cannot end a field early or write control bytes into the log.
+_UNSAFE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
+def _escape(byte: re.Match[bytes]) -> bytes:
+    b = byte.group()
+    return b"\\" + b if b in (b'"', b"\\") else b"\\x%02x" % b[0]
+
+
 def _quoted(value: bytes | None) -> str:
-    """A header value in a quoted log field: escape what would break the field."""
+    """Bytes from the client in a quoted log field, escaped; "-" when there are none."""
     if not value:
         return "-"
-    text = value.decode("latin-1")
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    if _UNSAFE.search(value) is not None:
+        value = _UNSAFE.sub(_escape, value)
+    return value.decode("ascii")
 
 
 class _Clock:
@@ -82,7 +95,7 @@ def _request_line(conn: Connection) -> str:
         # line as it came, as nginx logs it, so an operator sees what was asked.
         return _quoted(conn.refused)
     version = "1.1" if req.version == 11 else "1.0"
-    return f"{req.method} {req.target.decode('latin-1')} HTTP/{version}"
+    return f"{req.method} {_quoted(req.target)} HTTP/{version}"
 
 
 def _refused(conn: Connection, field: int) -> str | None:
