@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from aws.logs import make_formatter
+from aws.states import DONE
 from tests.conftest import DocRoot, stop_server
 from tests.ops import Load, get_raw, mode_of, start_in
 
@@ -69,7 +72,7 @@ def test_json_names_the_way_each_body_went_out(
         assert r["via"] == paths[r["path"]]
         assert r["remote"] == "127.0.0.1" and r["method"] == "GET"
         assert r["user_agent"] == "probe/2" and r["worker"] in (0, 1)
-        assert 0 <= r["duration"] < 10
+        assert 0 <= r["duration"] < 10 and r["complete"] is True
         stamp = calendar.timegm(time.strptime(r["time"][:19], "%Y-%m-%dT%H:%M:%S"))
         assert t0 - 2 <= stamp <= time.time() + 1
     assert [r["status"] for r in records] == [200, 200, 200, 404]
@@ -117,11 +120,54 @@ def test_a_refused_request_is_logged_with_its_line(
     ]
 
 
+def test_a_response_that_ended_early_is_logged_with_what_was_sent(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """nginx logs every request: a download the client reset midway has its line (the
+    status it was given, the bytes that went, "complete": false), and so does a request
+    that never came whole (408)."""
+    root = DocRoot(tmp_path / "root")
+    for prefix in ("static", "dynamic"):
+        (root.path / prefix).mkdir(parents=True)
+        with open(root.path / prefix / "big.bin", "wb") as f:
+            f.truncate(64 << 20)
+    log_path = tmp_path / "access.log"
+    extra = ["--access-log", str(log_path), "--log-format", "json", "--header-timeout", "1"]
+    srv = start_in(mode, request, tmp_path, root, workers=1, extra=extra)
+    try:
+        for prefix in ("static", "dynamic"):
+            with socket.create_connection(srv.addr, timeout=10) as s:
+                s.sendall(f"GET /{prefix}/big.bin HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                got = 0
+                while got < 1 << 20:
+                    got += len(s.recv(1 << 16))
+                # RST, not FIN: the server's next send fails at once
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with socket.create_connection(srv.addr, timeout=10) as s:
+            s.sendall(b"GET /static/big.bin HTTP/1.1\r\nHo")
+            assert s.recv(4096).startswith(b"HTTP/1.1 408 ")
+        deadline = time.monotonic() + 10
+        while len(log_path.read_text().splitlines()) < 3:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+    finally:
+        assert stop_server(srv.proc) == 0
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [(r["path"], r["status"], r["complete"]) for r in records] == [
+        ("/static/big.bin", 200, False),
+        ("/dynamic/big.bin", 200, False),
+        (None, 408, False),
+    ]
+    for r in records[:2]:
+        assert 1 << 20 <= r["bytes"] < 64 << 20
+    assert records[2]["bytes"] == 0 and records[2]["duration"] >= 1
+
+
 def test_formatter_is_one_line_whatever_the_headers() -> None:
     req = SimpleNamespace(
         method="GET", target=b"/a", version=11, headers={b"user-agent": b'x"\\y', b"referer": b""}
     )
-    conn = SimpleNamespace(peer="", status=200, sent=1, req=req)
+    conn = SimpleNamespace(peer="", status=200, sent=1, req=req, state=DONE)
 
     line = make_formatter("combined", 0)(conn, 0.0, 0.0, 0)  # type: ignore[arg-type]
     stamp = "[01/Jan/1970:00:00:00 +0000]"

@@ -49,6 +49,10 @@ log = logging.getLogger("aws.connection")
 
 __all__ = ["SENDING", "TRANSITIONS", "Connection", "IllegalTransition", "State", "Worker"]
 
+# A response is under way in these: one that ends here early (the client left, a send
+# failed, the file shrank, no progress, a drain's deadline) is still logged and counted.
+ANSWERING = SENDING | {AIO_WAIT}
+
 RECV_SIZE = 64 * 1024
 MAX_PIPELINED_PER_TURN = 32  # then yield to the other connections of the loop
 LINGER_TIMEOUT = 2.0
@@ -179,11 +183,16 @@ class Connection(Replaying, Sending):
             return
         if state is READ_HEAD or state is READ_BODY:
             log.info("%s: 408, no complete request within the timeout", self.peer)
-            reply = respond.error(
-                HttpError(408, "request timeout"), None, self.server.date.value, False
-            )
+            server = self.server
+            reply = respond.error(HttpError(408, "request timeout"), None, server.date.value, False)
             with contextlib.suppress(OSError):
                 self.sock.send(reply.head)
+            finish = server.on_response
+            if finish is not None:  # nginx logs these too: "-" 408
+                self.req = self.refused = None
+                self.status, self.sent, self.path = 408, 0, ""
+                self.began = server.loop.now - server.config.header_timeout
+                finish(self)
             self.close()
             return
         if state is not LINGER:
@@ -394,8 +403,13 @@ class Connection(Replaying, Sending):
         self.close()
 
     def close(self) -> None:
-        if self.state is CLOSED:
+        state = self.state
+        if state is CLOSED:
             return
+        if state in ANSWERING:
+            finish = self.server.on_response
+            if finish is not None:
+                finish(self)  # with what was sent of it; the json log says incomplete
         self._to(CLOSED)
         self.deadline = None
         self._release_body()

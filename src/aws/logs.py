@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from aws.states import DONE
+
 if TYPE_CHECKING:
     from aws.connection import Connection
 
@@ -138,6 +140,7 @@ def make_formatter(kind: str, worker: int) -> Formatter:
             "user_agent": agent.decode("latin-1") if agent is not None else None,
             "worker": worker,
             "via": WAY_NAMES[way],
+            "complete": conn.state is DONE,  # False: it ended early, with "bytes" sent
         }
         return json.dumps(record, separators=(",", ":")) + "\n"
 
