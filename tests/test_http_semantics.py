@@ -494,6 +494,58 @@ def test_get_with_a_body_then_a_pipelined_request(server: ServerProcess, prefix:
         assert c.response()[::2] == (200, content)
 
 
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_expect_100_continue_is_answered_at_once(server: ServerProcess, prefix: str) -> None:
+    """RFC 9110 10.1.1: the status is known from the head alone, so the final answer
+    comes without waiting for a body the client holds back; then the body may come or
+    not, and the connection closes after it."""
+    path = f"/{prefix}/hello.txt"
+    with RawClient(server.addr, timeout=3) as c:  # well under the 10 s header timeout
+        c.send(req("GET", path, "Expect: 100-Continue", "Content-Length: 5"))
+        status, headers, body = c.response()
+        assert (status, body, headers["connection"]) == (200, b"hello\n", "close")
+        c.send(b"12345" + req("GET", path))  # the body after all, and one more request
+        assert c.closed_by_peer()  # drained, not answered
+
+
+def test_expect_100_continue_from_curl(server: ServerProcess) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    began = time.monotonic()
+    out = subprocess.run(
+        [
+            curl,
+            "-s",
+            "-X",
+            "GET",
+            "--data-binary",
+            "x" * 2048,
+            "--expect100-timeout",
+            "5",
+            "-H",
+            "Expect: 100-continue",
+            "-w",
+            "%{http_code}",
+            f"{server.url}/static/hello.txt",
+        ],
+        capture_output=True,
+        timeout=20,
+        check=True,
+    ).stdout
+    assert out == b"hello\n200"
+    assert time.monotonic() - began < 4  # not curl's 5 s wait for a 100
+
+
+def test_expect_in_http10_is_ignored(server: ServerProcess) -> None:
+    """RFC 9110 10.1.1: a 1.0 request's 100-continue means nothing; the body is read."""
+    raw = req(
+        "GET", "/static/hello.txt", "Expect: 100-continue", "Content-Length: 3", version="1.0"
+    )
+    status, _, body, after = one(server, raw + b"abc")
+    assert (status, body, after) == (200, b"hello\n", b"")
+
+
 def test_body_over_the_limit_is_413_and_closes(server: ServerProcess) -> None:
     raw = req("GET", "/static/hello.txt", "Content-Length: 2000000") + b"x" * 1000
     status, headers, _, after = one(server, raw)

@@ -49,6 +49,8 @@ log = logging.getLogger("aws.connection")
 
 __all__ = ["SENDING", "TRANSITIONS", "Connection", "IllegalTransition", "State", "Worker"]
 
+CONTINUE = b"100-continue"
+
 # A response is under way in these: one that ends here early (the client left, a send
 # failed, the file shrank, no progress, a drain's deadline) is still logged and counted.
 ANSWERING = SENDING | {AIO_WAIT}
@@ -306,6 +308,16 @@ class Connection(Replaying, Sending):
                     return
                 self.requests += 1
                 if framer.discard:
+                    if req.version == 11 and req.headers.get(b"expect", b"").lower() == CONTINUE:
+                        # RFC 9110 10.1.1: the answer is known from the head alone, so it
+                        # goes now, not after a body held back for a 100 (Continue). The
+                        # client may then send the body or not: what comes is drained
+                        # (linger) and the connection closes, as after any unread input.
+                        framer.buf = b""
+                        framer.discard = 0
+                        self.linger = True
+                        self._respond(req, keep=False)
+                        return
                     self.pending = req
                     self._to(READ_BODY)
                     return
@@ -319,10 +331,10 @@ class Connection(Replaying, Sending):
         if self.state is READ_HEAD:
             self._process()
 
-    def _respond(self, req: Request) -> None:
+    def _respond(self, req: Request, keep: bool = True) -> None:
         server = self.server
         self.req = req
-        self.keep_alive = req.keep_alive and not server.draining and not self.eof
+        self.keep_alive = keep and req.keep_alive and not server.draining and not self.eof
         try:
             reply = respond.answer(
                 req, server.caches, server.loop.now, server.date.value, self.keep_alive
