@@ -213,6 +213,11 @@ def test_directory_without_slash_redirects(server: ServerProcess, prefix: str) -
     assert r.url == f"{server.url}/{prefix}/sub/"
     assert r.content == server.root.content(f"/{prefix}/sub/")
     assert [h.status_code for h in r.history] == [301]
+    # the query goes along, as nginx's static module keeps it
+    status, headers, _ = get_close(server, f"/{prefix}/sub?a=1&b=%20x")
+    assert (status, headers["location"]) == (301, f"/{prefix}/sub/?a=1&b=%20x")
+    status, headers, _ = get_close(server, f"/{prefix}/sub?")
+    assert (status, headers["location"]) == (301, f"/{prefix}/sub/?")
 
 
 # -- many clients at once ----------------------------------------------------------------

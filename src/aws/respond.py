@@ -94,6 +94,9 @@ def answer(
             res = _pick_variant(req, res, res.variants)
     except Redirect:
         location = quote_from_bytes(req.path + b"/").encode()
+        _, ask, query = req.target.partition(b"?")
+        if ask:  # nginx's static module keeps the arguments on the way to the folder
+            location += b"?" + query
         fields = ((b"Location", location), *_EMPTY)
         return Reply(301, heads.build_head(301, date, keep, fields))
     if not req.conditional and req.method == "GET" and res.size:
