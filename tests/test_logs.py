@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from aws.heads import error_body
 from aws.logs import make_formatter
 from aws.states import DONE
 from tests.conftest import DocRoot, stop_server
@@ -45,7 +46,8 @@ def test_combined_adds_referer_and_user_agent(
     first, second = log_path.read_text().splitlines()
     assert first.startswith("127.0.0.1 - - [")
     assert first.endswith('"GET /static/hello.txt HTTP/1.1" 200 6 "http://x/\\"a\\"" "probe/1.0"')
-    assert second.endswith('"GET /static/nope HTTP/1.1" 404 0 "-" "-"')
+    page = len(error_body(404))  # the error page's bytes, as nginx counts them
+    assert second.endswith(f'"GET /static/nope HTTP/1.1" 404 {page} "-" "-"')
 
 
 def test_json_names_the_way_each_body_went_out(
@@ -76,7 +78,7 @@ def test_json_names_the_way_each_body_went_out(
         stamp = calendar.timegm(time.strptime(r["time"][:19], "%Y-%m-%dT%H:%M:%S"))
         assert t0 - 2 <= stamp <= time.time() + 1
     assert [r["status"] for r in records] == [200, 200, 200, 404]
-    assert [r["bytes"] for r in records] == [4096, 1024 * 1024 + 3, 6, 0]
+    assert [r["bytes"] for r in records] == [4096, 1024 * 1024 + 3, 6, len(error_body(404))]
 
 
 def test_a_refused_request_is_logged_with_its_line(
@@ -105,11 +107,12 @@ def test_a_refused_request_is_logged_with_its_line(
             b"HTTP/1.1 400 Bad Request",
         ]
     lines = common.read_text().splitlines()
+    n = {status: len(error_body(status)) for status in (405, 501, 505, 400)}
     assert [line.split('] "', 1)[1] for line in lines] == [
-        'DELETE /static/hello.txt HTTP/1.1" 405 0',
-        'BREW /static/a HTTP/1.1" 501 0',
-        'GET /static/hello.txt HTTP/2.0" 505 0',
-        '-" 400 0',
+        f'DELETE /static/hello.txt HTTP/1.1" 405 {n[405]}',
+        f'BREW /static/a HTTP/1.1" 501 {n[501]}',
+        f'GET /static/hello.txt HTTP/2.0" 505 {n[505]}',
+        f'-" 400 {n[400]}',
     ]
     records = [json.loads(line) for line in as_json.read_text().splitlines()]
     assert [(r["method"], r["path"], r["status"]) for r in records] == [

@@ -120,3 +120,11 @@ def test_error_replies_give_a_head_only_to_head() -> None:
     assert b"<html" not in reply.head
     body = respond.error(HttpError(404, "x"), None, DATE, False)
     assert b"<h1>404 Not Found</h1>" in body.head
+
+
+def test_an_error_reply_knows_its_pages_length_for_the_log() -> None:
+    get = parse_head(b"GET /static/x HTTP/1.1\r\nHost: t\r\n\r\n")
+    head = parse_head(b"HEAD /static/x HTTP/1.1\r\nHost: t\r\n\r\n")
+    reply = respond.error(HttpError(404, "nope"), get, DATE, True)
+    assert reply.res is None and reply.stop == len(reply.head.partition(b"\r\n\r\n")[2]) > 0
+    assert respond.error(HttpError(404, "nope"), head, DATE, True).stop == 0  # no body sent

@@ -175,7 +175,7 @@ class Replaying:
         if aio:
             # The rest, copied out of the replay's buffer (at most replay_max bytes), as
             # a head-only reply: the same bytes the Python path sends from AIO buffers.
-            self.sent = stop - start
+            self.sent = self.stop = stop - start  # what a head-only reply counts when done
             self.out = reply.head[done.head_sent :] + done.body(stop - start)[done.file_pos :]
             self._to(SEND_HEAD)
             self._block()

@@ -29,8 +29,9 @@ _EMPTY = ((b"Content-Length", b"0"),)
 
 
 class Reply:
-    """What to send. ``res`` is None when ``head`` is the whole response; otherwise the
-    body is ``res``'s bytes ``[start, stop)``, sent by ``way``. The reply holds one
+    """What to send. ``res`` is None when ``head`` is the whole response (then ``stop``
+    is the length of the error page inside it); otherwise the body is ``res``'s bytes
+    ``[start, stop)``, sent by ``way``. The reply holds one
     reference to ``res``: whoever ends the transfer calls ``res.release()``."""
 
     __slots__ = ("cells", "head", "res", "start", "status", "stop", "way")
@@ -243,6 +244,7 @@ def error(
     if caches is not None and not isinstance(exc, PagedError):
         exc = _with_page(exc, caches)
     page = exc.page if isinstance(exc, PagedError) else None
-    return Reply(
-        exc.status, heads.error_response(exc.status, date, keep, head_only, exc.headers, page)
-    )
+    whole = heads.error_response(exc.status, date, keep, head_only, exc.headers, page)
+    # The page's length, for the log's bytes (as nginx counts them): it rides in the head.
+    body = 0 if head_only else len(whole) - whole.index(b"\r\n\r\n") - 4
+    return Reply(exc.status, whole, stop=body)

@@ -83,7 +83,8 @@ class Sending:
         res = self.res = reply.res
         if res is None:
             self.path = ""
-            self.sent = 0  # the error body is part of the head: no file bytes
+            self.sent = 0  # the error page rides in the head: counted once it is all sent
+            self.stop = reply.stop
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
@@ -166,6 +167,7 @@ class Sending:
         if self.out:
             self._block()
         elif self.res is None:
+            self.sent = self.stop
             self._finish()
         else:
             self._to(SEND_FILE)
