@@ -58,7 +58,7 @@ def peer_text(peer: object) -> str:
 # What a quoted log field may hold as it is: printable ASCII but the quote and the
 # backslash. The rest is escaped as Apache's mod_log_config does (\" \\ \xhh), so a
 # client cannot end a field early or write control bytes into the log.
-_UNSAFE = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_UNSAFE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
 
 
 def _escape(byte: re.Match[bytes]) -> bytes:
