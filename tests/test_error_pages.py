@@ -68,7 +68,7 @@ def test_a_404_gets_the_custom_page_with_its_status(site: ServerProcess, path: s
     ("raw", "status"),
     [
         (b"BREW /static/x HTTP/1.1\r\nHost: t\r\n\r\n", 501),
-        (b"GET /static/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"GET /static/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
         (b"GET /static/x HTTP/2.0\r\nHost: t\r\n\r\n", 505),
     ],
 )

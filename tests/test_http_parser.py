@@ -320,9 +320,9 @@ def test_content_length(fields: tuple[bytes, ...], length: int) -> None:
 
 
 def test_transfer_encoding() -> None:
-    # chunked last: a body we do not decode (501); anything else last: length unknown (400).
-    exc = error(get(b"/", b"Transfer-Encoding: chunked"))
-    assert (exc.status, exc.close) == (501, True)
+    # chunked alone: read and dropped (RFC 9112 7.1); another coding under it: not done
+    # (501, as nginx); anything but chunked last: the length is unknown (400).
+    assert parse(get(b"/", b"Transfer-Encoding: Chunked")).content_length == http.CHUNKED
     exc = error(get(b"/", b"Transfer-Encoding: gzip, chunked"))
     assert (exc.status, exc.close) == (501, True)
     exc = error(get(b"/", b"Transfer-Encoding: chunked, gzip"))
@@ -1073,6 +1073,59 @@ def test_framer_body_arriving_later_is_skipped_then_the_next_request() -> None:
     assert not framer.skip_body(b"cd")
     assert framer.skip_body(b"efGET /n HTTP/1.1\r\nHost: t\r\n\r\n")
     assert framer.next_request().target == b"/n"  # type: ignore[union-attr]
+
+
+CHUNKED_HEAD = b"GET /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_BODY = b'5\r\nhello\r\n1A;ext=1;q="x"\r\n' + b"z" * 26 + b"\r\n0\r\nX-T: 1\r\n\r\n"
+NEXT = b"GET /n HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 3, 7, 8, 20, 40, len(CHUNKED_BODY) - 1, None])
+def test_framer_drops_a_chunked_body_cut_anywhere(cut: int | None) -> None:
+    framer = http.Framer()
+    if cut is None:  # all at once, the next request glued on
+        framer.feed(CHUNKED_HEAD + CHUNKED_BODY + NEXT)
+        assert framer.next_request().target == b"/a"  # type: ignore[union-attr]
+        assert framer.discard == 0
+    else:
+        framer.feed(CHUNKED_HEAD + CHUNKED_BODY[:cut])
+        assert framer.next_request().target == b"/a"  # type: ignore[union-attr]
+        assert framer.discard == http.CHUNKED and framer.buf == b""
+        rest = CHUNKED_BODY[cut:] + NEXT
+        for i in range(len(rest)):  # then byte by byte
+            if framer.skip_body(rest[i : i + 1]):
+                framer.feed(rest[i + 1 :])
+                break
+        else:
+            raise AssertionError("the body never ended")
+    assert framer.next_request().target == b"/n"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"x\r\n", 400),  # not a size
+        (b"-1\r\n", 400),
+        (b"5\r\nhello!\r\n", 400),  # data longer than its size
+        (b"5\nhello\r\n", 400),  # a bare LF
+        (b"1" * 16 + b"\r\n", 400),  # a size no one sends
+        (b"5;" + b"e" * http.MAX_CHUNK_LINE + b"\r\n", 400),
+        (b"%x\r\n" % (http.MAX_DISCARDED_BODY + 1), 413),
+    ],
+)
+def test_framer_refuses_a_bad_or_too_large_chunked_body(body: bytes, status: int) -> None:
+    for fed in ("with the head", "later"):
+        framer = http.Framer()
+        with pytest.raises(http.HttpError) as info:
+            if fed == "with the head":
+                framer.feed(CHUNKED_HEAD + body)
+                framer.next_request()
+            else:
+                framer.feed(CHUNKED_HEAD)
+                assert framer.next_request() is not None
+                framer.skip_body(body)
+        assert (info.value.status, info.value.close) == (status, True)
+        assert info.value.request is not None and info.value.request.target == b"/a"
 
 
 def test_framer_refuses_a_body_over_the_limit_with_the_request() -> None:

@@ -410,7 +410,7 @@ def test_errors_that_leave_framing_unknown_close(server: ServerProcess) -> None:
     follow = b"GET /static/hello.txt HTTP/1.1\r\nHost: a\r\n\r\n"
     for raw, expected in (
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
-        (b"GET /static/hello.txt HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
+        (b"GET /static/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
         (b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"b" * 17000 + b"\r\n\r\n", 431),
     ):
@@ -492,6 +492,29 @@ def test_get_with_a_body_then_a_pipelined_request(server: ServerProcess, prefix:
         c.send(b"y" * 400 + req("GET", path))
         assert c.response()[::2] == (200, b"hello\n")
         assert c.response()[::2] == (200, content)
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_a_chunked_body_is_dropped_and_the_connection_goes_on(
+    server: ServerProcess, prefix: str
+) -> None:
+    """RFC 9112 7.1: a recipient MUST be able to parse chunked (nginx reads and drops
+    it); in pieces, with extensions and a trailer, then a pipelined request."""
+    path = f"/{prefix}/f4097.bin"
+    with RawClient(server.addr) as c:
+        c.send(req("GET", f"/{prefix}/hello.txt", "Transfer-Encoding: chunked") + b"4\r\nab")
+        time.sleep(0.05)
+        c.send(b"cd\r\n10;x=y\r\n" + b"q" * 16 + b"\r\n0\r\nX-Trailer: t\r\n")
+        time.sleep(0.05)
+        c.send(b"\r\n" + req("GET", path, "Range: bytes=4090-"))
+        assert c.response()[::2] == (200, b"hello\n")
+        assert c.response()[::2] == (206, server.root.content(path)[4090:])
+
+
+def test_a_malformed_chunked_body_is_400_and_closes(server: ServerProcess) -> None:
+    raw = req("GET", "/static/hello.txt", "Transfer-Encoding: chunked") + b"zz\r\n"
+    status, headers, _, after = one(server, raw + req("GET", "/static/hello.txt"))
+    assert (status, headers["connection"], after) == (400, "close", b"")
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)

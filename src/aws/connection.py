@@ -257,7 +257,13 @@ class Connection(Replaying, Sending):
             log.debug("%s: closed with an incomplete request", self.peer)
             self.close()
             return
-        if self.framer.skip_body(data):
+        try:
+            done = self.framer.skip_body(data)
+        except HttpError as exc:  # a chunked body that is malformed or too large
+            self.pending = None
+            self._fail(exc, exc.request)
+            return
+        if done:
             req, self.pending = self.pending, None
             assert req is not None
             self._respond(req)  # what followed the body is read after the answer
@@ -313,8 +319,7 @@ class Connection(Replaying, Sending):
                         # goes now, not after a body held back for a 100 (Continue). The
                         # client may then send the body or not: what comes is drained
                         # (linger) and the connection closes, as after any unread input.
-                        framer.buf = b""
-                        framer.discard = 0
+                        framer.drop_body()
                         self.linger = True
                         self._respond(req, keep=False)
                         return

@@ -19,6 +19,8 @@ MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_FIELDS = 100
 MAX_DISCARDED_BODY = 1024 * 1024
+CHUNKED = -1  # Request.content_length of a chunked body: its length is in the chunks
+MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions, or one trailer field
 
 SERVED_METHODS = frozenset({"GET", "HEAD"})
 ALLOW = b"GET, HEAD, OPTIONS"
@@ -280,7 +282,10 @@ def _framing(headers: dict[bytes, bytes], version: int) -> int:
             raise HttpError(400, "Transfer-Encoding in HTTP/1.0", close=True)
         if te.rsplit(b",", 1)[-1].strip(b" \t").lower() != b"chunked":
             raise HttpError(400, "chunked is not the final transfer coding", close=True)
-        raise HttpError(501, "request bodies with Transfer-Encoding", close=True)
+        if te.strip(b" \t").lower() != b"chunked":
+            # As nginx: chunked alone is read (and dropped); another coding under it is not.
+            raise HttpError(501, "a transfer coding other than chunked", close=True)
+        return CHUNKED
     if cl is None:
         return 0
     if _CONTENT_LENGTH.fullmatch(cl) is not None:
@@ -316,19 +321,95 @@ def parse_memoized(head: bytes) -> Request:
     return req
 
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+
+class Chunks:
+    """Where a chunked request body being dropped is (RFC 9112 7.1, which every
+    recipient MUST be able to parse): sizes read, data skipped, trailer fields skipped."""
+
+    __slots__ = ("left", "line", "req", "state", "total")
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.state = _SIZE
+        self.left = 0  # data bytes left in this chunk
+        self.line = b""  # a size line or trailer field cut by the end of what arrived
+        self.total = 0
+
+    def skip(self, data: bytes) -> int:
+        """Drop the body's bytes from ``data``: the index just past its end, or -1 when
+        it goes on in what is still to come. Raises HttpError (400, 413)."""
+        i, n = 0, len(data)
+        while i < n:
+            if self.state == _DATA:
+                take = min(self.left, n - i)
+                i += take
+                self.left -= take
+                if not self.left:
+                    self.state = _DATA_END
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                self._check(len(self.line))
+                return -1
+            line, self.line, i = self.line + data[i : j + 1], b"", j + 1
+            self._check(len(line))
+            if line[-2:-1] != b"\r":
+                raise self._bad("a bare LF in the chunked body")
+            line = line[:-2]
+            if self.state == _DATA_END:
+                if line:
+                    raise self._bad("chunk data longer than its size")
+                self.state = _SIZE
+            elif self.state == _SIZE:
+                size = line.split(b";", 1)[0].rstrip(b" \t")  # then extensions, ignored
+                if _CHUNK_SIZE.fullmatch(size) is None:
+                    raise self._bad("invalid chunk size")
+                self.left = int(size, 16)
+                self.total += self.left
+                self._check(0)
+                self.state = _DATA if self.left else _TRAILER
+            elif not line:
+                return i  # the empty line after the trailer: the body is over
+            else:
+                self.total += len(line)  # trailer fields count against the limit too
+                self._check(0)
+        return -1
+
+    def _check(self, line: int) -> None:
+        if line > MAX_CHUNK_LINE:
+            raise self._bad("chunk-size line or trailer field too long")
+        if self.total > MAX_DISCARDED_BODY:
+            raise HttpError(
+                413, "request body too large", close=True, method=self.req.method, request=self.req
+            )
+
+    def _bad(self, why: str) -> HttpError:
+        return HttpError(400, why, close=True, method=self.req.method, request=self.req)
+
+
 class Framer:
     """Cuts one connection's input into requests, pipelined or in fragments.
 
     ``buf`` holds what arrived and is not yet a request; ``discard`` counts the bytes of
-    a request body still to come (a GET may carry one: it is read and dropped).
+    a request body still to come (a GET may carry one: it is read and dropped), or is
+    ``CHUNKED`` while ``chunks`` reads a chunked one.
     """
 
-    __slots__ = ("buf", "discard", "scan")
+    __slots__ = ("buf", "chunks", "discard", "scan")
 
     def __init__(self) -> None:
         self.buf = b""
         self.scan = 0  # where to resume looking for the end of a partial head
         self.discard = 0
+        self.chunks: Chunks | None = None
+
+    def drop_body(self) -> None:
+        """Read no more of this request: what follows is drained, not parsed."""
+        self.buf, self.discard, self.chunks = b"", 0, None
 
     def feed(self, data: bytes) -> None:
         self.buf = self.buf + data if self.buf else data
@@ -358,7 +439,14 @@ class Framer:
         head = buf[:end]
         req = _parsed.get(head) or parse_memoized(head)  # a memo hit costs no call
         length = req.content_length
-        if length:
+        if length == CHUNKED:
+            chunks = Chunks(req)
+            end = chunks.skip(rest)
+            if end < 0:
+                self.discard, self.chunks, self.buf = CHUNKED, chunks, b""
+            else:
+                self.buf = rest[end:]
+        elif length:
             if length > MAX_DISCARDED_BODY:
                 raise HttpError(
                     413, "request body too large", close=True, method=req.method, request=req
@@ -371,7 +459,15 @@ class Framer:
         return req
 
     def skip_body(self, data: bytes) -> bool:
-        """Drop body bytes; True once the body is gone (what follows it stays in ``buf``)."""
+        """Drop body bytes; True once the body is gone (what follows it stays in ``buf``).
+        Raises HttpError for a chunked body that is malformed or too large."""
+        chunks = self.chunks
+        if chunks is not None:
+            end = chunks.skip(data)
+            if end < 0:
+                return False
+            self.discard, self.chunks, self.buf = 0, None, data[end:]
+            return True
         n = min(self.discard, len(data))
         self.discard -= n
         if self.discard:

@@ -77,7 +77,7 @@ MACHINE: dict[State, dict[State, str]] = {
         CLOSED: "client closed or " + _GONE,
     },
     READ_BODY: {
-        SEND_HEAD: "body discarded, answered",
+        SEND_HEAD: "body discarded (or a bad chunked one refused), answered",
         AIO_WAIT: "body discarded, /dynamic/ read submitted",
         CLOSED: "client closed mid-body or " + _GONE,
     },
