@@ -363,3 +363,49 @@ def test_python_m_aws_keeps_the_interpreter_as_comm(docroot: DocRoot) -> None:
         assert [comm(p) for p in pids] == [started_as] * 3
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
+
+
+def test_a_worker_that_cannot_start_again_is_retried_while_the_others_serve(
+    docroot: DocRoot, tmp_path: Path
+) -> None:
+    """A crash that lands while the files a worker opens at start are in flux (its log
+    folder moved, a certificate half renewed) must not take the healthy workers down:
+    the slot is retried with back-off until it starts."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    srv = start_server(
+        docroot.path, docroot=docroot, workers=2, extra=["--access-log", str(logs / "a.log")]
+    )
+    try:
+        first, second = srv.worker_pids()[:2]
+
+        def opened_the_log(pid: int) -> bool:
+            fds = Path(f"/proc/{pid}/fd")
+            return any(
+                os.readlink(fds / fd) == str(logs / "a.log")
+                for fd in os.listdir(fds)
+                if (fds / fd).is_symlink()
+            )
+
+        # both through their start (a worker that fails its first start stops the server)
+        assert wait_for(lambda: opened_the_log(first) and opened_the_log(second), 10)
+        logs.rename(tmp_path / "moved")
+        os.kill(first, signal.SIGKILL)
+        assert srv.wait_for_log(r"worker \d \(pid \d+\) could not start again", 10), srv.log()
+        assert wait_for(lambda: srv.log().count("could not start again") >= 2, 10), srv.log()
+        assert srv.alive() and os.path.exists(f"/proc/{second}")
+
+        def served(tries: int) -> int:
+            ok = 0
+            for _ in range(tries):  # REUSEPORT sends some to the dead worker's socket
+                with contextlib.suppress(OSError), socket.create_connection(srv.addr, 1) as s:
+                    s.sendall(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+                    ok += s.recv(100).startswith(b"HTTP/1.1 200 ")
+            return ok
+
+        assert served(16), srv.log()  # the healthy worker serves meanwhile
+        (tmp_path / "moved").rename(logs)
+        assert wait_for(lambda: served(8) == 8, 20), srv.log()  # and then both again
+        assert "stopping" not in srv.log()
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()

@@ -56,6 +56,9 @@ class WorkerSlot:
     restart_at: float | None = None
     history: list[int] = field(default_factory=list)
     cells: int | None = None  # its slot in the shared metrics region
+    # Restarted after a crash: its failing to start (a renewal half done, a log folder
+    # moved) is retried with back-off while the others serve, not the end of the server.
+    restarted: bool = False
 
 
 class Supervisor:
@@ -184,6 +187,7 @@ class Supervisor:
                 self._spawn_metrics()
             for slot in self.slots:
                 if slot.pid == 0 and slot.restart_at is not None and now >= slot.restart_at:
+                    slot.restarted = True
                     self._spawn(slot)
                     log.info("worker %d restarted as pid %d", slot.index, slot.pid)
 
@@ -220,22 +224,31 @@ class Supervisor:
                 if code != 0:
                     log.warning("worker %d exited with %d", slot.index, code)
                 continue
-            if code == EXIT_FATAL:
+            if code == EXIT_FATAL and not slot.restarted:
                 fatal = slot.index
                 continue
             now = time.monotonic()
             if now - slot.started > STABLE_AFTER:
                 slot.backoff = BACKOFF_FIRST
-            if self.shared is not None:
-                self.shared.restarted(slot.index)
-            why = f"signal {-code}" if code < 0 else f"status {code}"
-            log.error(
-                "worker %d (pid %d) died with %s; restarting in %.1fs",
-                slot.index,
-                pid,
-                why,
-                slot.backoff,
-            )
+            if code == EXIT_FATAL:
+                log.error(
+                    "worker %d (pid %d) could not start again (its error is above); "
+                    "retrying in %.1fs, the other workers serve",
+                    slot.index,
+                    pid,
+                    slot.backoff,
+                )
+            else:
+                if self.shared is not None:
+                    self.shared.restarted(slot.index)
+                why = f"signal {-code}" if code < 0 else f"status {code}"
+                log.error(
+                    "worker %d (pid %d) died with %s; restarting in %.1fs",
+                    slot.index,
+                    pid,
+                    why,
+                    slot.backoff,
+                )
             slot.restart_at = now + slot.backoff
             slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
 
