@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from aws.heads import error_body
-from aws.logs import make_formatter
+from aws.logs import AccessLog, make_formatter
 from aws.states import DONE
 from tests.conftest import DocRoot, stop_server
 from tests.ops import Load, get_raw, mode_of, start_in
@@ -195,6 +195,28 @@ def test_what_the_client_sent_cannot_forge_fields_or_write_control_bytes() -> No
         '"caf\\xc3\\xa9\\x1b[31m"\n'
     )
     assert line.count('"') - line.count('\\"') == 6  # three fields, two quotes each
+
+
+def test_json_keeps_utf8_and_escapes_what_is_not() -> None:
+    req = SimpleNamespace(
+        method="GET", target=b"/a", version=11, headers={b"user-agent": b"caf\xc3\xa9 \xff"}
+    )
+    conn = SimpleNamespace(peer="", status=200, sent=1, req=req, state=DONE)
+    record = json.loads(make_formatter("json", 0)(conn, 0.0, 0.0, 1))  # type: ignore[arg-type]
+    assert record["user_agent"] == "café \\xff"
+
+
+def test_a_reopen_that_fails_says_so_and_keeps_the_old_file(tmp_path: Path) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    access = AccessLog(str(folder / "a.log"), "common", 0)
+    try:
+        folder.rename(tmp_path / "moved")
+        assert access.reopen() is False
+        access.file.write("still here\n")
+    finally:
+        access.close()
+    assert (tmp_path / "moved" / "a.log").read_text() == "still here\n"
 
 
 def test_sigusr1_reopens_in_every_worker_and_loses_no_line(

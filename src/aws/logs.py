@@ -137,7 +137,8 @@ def make_formatter(kind: str, worker: int) -> Formatter:
             "status": conn.status,
             "bytes": conn.sent,
             "duration": round(duration, 6),
-            "user_agent": agent.decode("latin-1") if agent is not None else None,
+            # UTF-8 as browsers send it; a byte that is not UTF-8 is kept as \xhh
+            "user_agent": agent.decode("utf-8", "backslashreplace") if agent is not None else None,
             "worker": worker,
             "via": WAY_NAMES[way],
             "complete": conn.state is DONE,  # False: it ended early, with "bytes" sent
@@ -163,11 +164,11 @@ class AccessLog:
     def write(self, conn: Connection, duration: float, way: int) -> None:
         self.file.write(self.format(conn, time.time(), duration, way))
 
-    def reopen(self) -> None:
+    def reopen(self) -> bool:
         """Open the path again (after logrotate renamed it); keep the old file if the
-        new one cannot be opened, so no line is lost."""
+        new one cannot be opened, so no line is lost. False when it could not."""
         if self.target == "-":
-            return
+            return True
         try:
             new = self._open()
         except OSError as exc:
@@ -176,9 +177,10 @@ class AccessLog:
                 self.target,
                 exc.strerror,
             )
-            return
+            return False
         old, self.file = self.file, new
         old.close()
+        return True
 
     def close(self) -> None:
         self.file.close()

@@ -158,6 +158,7 @@ class Replaying:
         self.began = self.server.loop.now
         self.status = reply.status
         self.path = "aio-buffered" if aio else self.file_path
+        self.sent = 0  # not the last response's count, if this one ends here
         if outcome == replay.BLOCKED:
             self._replay_rest(reply, aio)
         elif outcome == replay.SHRANK:

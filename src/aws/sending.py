@@ -283,6 +283,7 @@ class Sending:
             self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
 
     def _failed_transfer(self, exc: transfer.TransferFailed) -> None:
+        self.sent += exc.moved  # what went before the failure: the log says how much
         if exc.file_changed and self.res is not None:
             self.res.checked = float("-inf")  # the next request re-checks the file at once
         self._abort(str(exc))

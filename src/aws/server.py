@@ -193,8 +193,7 @@ class Server:
         return both
 
     def reopen_logs(self) -> None:
-        if self.access_log is not None:
-            self.access_log.reopen()
+        if self.access_log is not None and self.access_log.reopen():
             log.info("worker %d: reopened the access log %s", self.worker, self.config.access_log)
 
     # -- accepting -----------------------------------------------------------------------

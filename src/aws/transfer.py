@@ -59,9 +59,10 @@ class TransferFailed(Exception):
     """The transfer cannot go on; the connection ends. ``file_changed`` asks the open-file
     cache to re-check the file at once."""
 
-    def __init__(self, why: str, file_changed: bool = False) -> None:
+    def __init__(self, why: str, file_changed: bool = False, moved: int = 0) -> None:
         super().__init__(why)
         self.file_changed = file_changed
+        self.moved = moved  # body bytes the call had sent before it failed (for the log)
 
 
 def send_bytes(sock: socket.socket, data: bytes, more: bool) -> bytes:
@@ -86,15 +87,16 @@ def sendfile(out_fd: int, in_fd: int, pos: int, stop: int, budget: int) -> int:
     """``sendfile`` bytes ``[pos, stop)`` of ``in_fd``, at most ``budget`` of them this
     turn; returns the new position (``stop`` when done)."""
     send = os.sendfile
+    begin = pos
     while pos < stop:
         try:
             n = send(out_fd, in_fd, pos, min(stop - pos, budget))
         except BlockingIOError:
             return pos
         except OSError as exc:
-            raise TransferFailed(f"sendfile failed: {exc}") from None
+            raise TransferFailed(f"sendfile failed: {exc}", moved=pos - begin) from None
         if n == 0:  # before the promised end: the file shrank, do not spin
-            raise TransferFailed("file shrank during the transfer", file_changed=True)
+            raise TransferFailed("file shrank during the transfer", True, pos - begin)
         pos += n
         budget -= n
         if budget <= 0:
@@ -108,27 +110,31 @@ def send_parts(sock: socket.socket, in_fd: int, cursor: Cursor, budget: int) -> 
     BLOCKED, bytes sent)``; ``cursor`` keeps the place."""
     out_fd = sock.fileno()
     sent = 0
-    while True:
-        data = cursor.data
-        if data:
-            left = send_bytes(sock, data, cursor.pos < cursor.stop)
-            sent += len(data) - len(left)
-            cursor.data = left
-            if left:
-                return BLOCKED, sent
-        pos = cursor.pos
-        if pos < cursor.stop:
+    try:
+        while True:
+            data = cursor.data
+            if data:
+                left = send_bytes(sock, data, cursor.pos < cursor.stop)
+                sent += len(data) - len(left)
+                cursor.data = left
+                if left:
+                    return BLOCKED, sent
+            pos = cursor.pos
+            if pos < cursor.stop:
+                if sent >= budget:
+                    return BLOCKED, sent  # level-triggered EPOLLOUT brings it back next turn
+                new = sendfile(out_fd, in_fd, pos, cursor.stop, budget - sent)
+                sent += new - pos
+                cursor.pos = new
+                if new < cursor.stop:
+                    return BLOCKED, sent
+            if not cursor.advance():
+                return DONE, sent
             if sent >= budget:
-                return BLOCKED, sent  # level-triggered EPOLLOUT brings it back next turn
-            new = sendfile(out_fd, in_fd, pos, cursor.stop, budget - sent)
-            sent += new - pos
-            cursor.pos = new
-            if new < cursor.stop:
                 return BLOCKED, sent
-        if not cursor.advance():
-            return DONE, sent
-        if sent >= budget:
-            return BLOCKED, sent
+    except TransferFailed as exc:
+        exc.moved += sent  # the parts that went before the failing call
+        raise
 
 
 def _next_view(body: DynamicBody | MultipartBody) -> memoryview | None:
@@ -147,7 +153,11 @@ def send_buffers(
     ``sendmsg``. Returns ``(outcome, head left, body bytes sent)``."""
     sent = 0
     while True:
-        view = _next_view(body)
+        try:
+            view = _next_view(body)
+        except TransferFailed as exc:
+            exc.moved = sent
+            raise
         if view is None:
             return WAITING, head, sent
         try:
@@ -159,7 +169,7 @@ def send_buffers(
             # The buffers go back to the pool when the connection closes: no view of
             # them may outlive that.
             view.release()
-            raise TransferFailed(f"send failed: {exc}") from None
+            raise TransferFailed(f"send failed: {exc}", moved=sent) from None
         if head:
             if n < len(head):
                 head = head[n:]
@@ -319,6 +329,7 @@ def ssl_sendfile(
     byte not yet taken by SSL (``stop`` when done: the stage is then empty)."""
     mem = stage.mem
     preadv = os.preadv
+    begin = pos
     while True:
         if stage.sent == 0 and stage.body == 0 and pos < stop:
             # Nothing of this chunk was offered to SSL yet: fill the rest of the buffer.
@@ -327,9 +338,10 @@ def ssl_sendfile(
             try:
                 n = preadv(fd, [mem[start : start + want]], pos)
             except OSError as exc:
-                raise TransferFailed(f"reading the file failed: {exc}", file_changed=True) from None
+                why = f"reading the file failed: {exc}"
+                raise TransferFailed(why, True, pos - begin) from None
             if n == 0:  # before the promised end: the file shrank
-                raise TransferFailed("file shrank during the transfer", file_changed=True)
+                raise TransferFailed("file shrank during the transfer", True, pos - begin)
             stage.filled = start + n
             stage.body = n
         if stage.sent == stage.filled:
@@ -339,7 +351,7 @@ def ssl_sendfile(
         except _SSL_BLOCKED:
             return pos
         except OSError as exc:
-            raise TransferFailed(f"TLS send failed: {exc}") from None
+            raise TransferFailed(f"TLS send failed: {exc}", moved=pos - begin) from None
         stage.sent += n
         budget -= n
         if stage.sent < stage.filled:
@@ -361,7 +373,11 @@ def ssl_send_buffers(
             return BLOCKED, head, 0
     sent = 0
     while True:
-        view = _next_view(body)
+        try:
+            view = _next_view(body)
+        except TransferFailed as exc:
+            exc.moved = sent
+            raise
         if view is None:
             return WAITING, head, sent
         try:
@@ -371,7 +387,7 @@ def ssl_send_buffers(
             return BLOCKED, head, sent  # the view comes back unadvanced: the same bytes
         except OSError as exc:
             view.release()
-            raise TransferFailed(f"TLS send failed: {exc}") from None
+            raise TransferFailed(f"TLS send failed: {exc}", moved=sent) from None
         view.release()
         sent += n
         budget -= n

@@ -1,0 +1,76 @@
+"""The send loops alone, over real sockets: what a failing call reports it had sent."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import pytest
+
+from aws import transfer
+
+MiB = 1 << 20
+
+
+def test_a_sendfile_that_fails_midway_says_how_much_went(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two chunks go, then the peer is gone: the loop had moved bytes before the
+    error, and the access log must count them (``moved``)."""
+    calls = []
+
+    def sendfile(out_fd: int, in_fd: int, pos: int, count: int) -> int:
+        calls.append(pos)
+        if len(calls) > 2:
+            raise BrokenPipeError(32, os.strerror(32))
+        return min(count, 64 * 1024)
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    with pytest.raises(transfer.TransferFailed) as info:
+        transfer.sendfile(1, 2, 1000, 10 * MiB, 10 * MiB)
+    assert calls == [1000, 1000 + 65536, 1000 + 2 * 65536]
+    assert info.value.moved == 2 * 65536 and "sendfile failed" in str(info.value)
+
+
+def test_a_real_reset_peer_fails_the_sendfile() -> None:
+    with tempfile.TemporaryFile(dir="/var/tmp") as f:
+        f.truncate(8 * MiB)
+        server, client = socket.socketpair()
+        with server:
+            server.setblocking(False)
+            pos = transfer.sendfile(server.fileno(), f.fileno(), 0, 8 * MiB, 8 * MiB)
+            assert 0 < pos < 8 * MiB  # the socket filled
+            client.close()
+            with pytest.raises(transfer.TransferFailed) as info:
+                transfer.sendfile(server.fileno(), f.fileno(), pos, 8 * MiB, 8 * MiB)
+            assert info.value.moved == 0 and "sendfile failed" in str(info.value)
+
+
+def test_send_buffers_counts_what_went_before_a_failure() -> None:
+    class Body:
+        def __init__(self) -> None:
+            self.left = [b"a" * 1000, b"b" * 1000]
+
+        def view(self) -> memoryview | None:
+            return memoryview(self.left[0]) if self.left else None
+
+        def advance(self, n: int) -> bool:
+            self.left[0] = self.left[0][n:]
+            if not self.left[0]:
+                self.left.pop(0)
+            return not self.left
+
+    class Breaking(Body):
+        def view(self) -> memoryview | None:
+            if len(self.left) == 1:
+                raise OSError(5, os.strerror(5))  # the second read failed
+            return super().view()
+
+    server, client = socket.socketpair()
+    with server, client:
+        server.setblocking(False)
+        with pytest.raises(transfer.TransferFailed) as info:
+            transfer.send_buffers(server, Breaking(), b"", 1 << 20)  # type: ignore[arg-type]
+        assert info.value.moved == 1000 and info.value.file_changed
+        assert client.recv(4096) == b"a" * 1000
