@@ -393,7 +393,7 @@ def test_a_worker_that_cannot_start_again_is_retried_while_the_others_serve(
         os.kill(first, signal.SIGKILL)
         assert srv.wait_for_log(r"worker \d \(pid \d+\) could not start again", 10), srv.log()
         assert wait_for(lambda: srv.log().count("could not start again") >= 2, 10), srv.log()
-        assert srv.alive() and os.path.exists(f"/proc/{second}")
+        assert srv.proc.poll() is None and os.path.exists(f"/proc/{second}")
 
         def served(tries: int) -> int:
             ok = 0
@@ -409,3 +409,26 @@ def test_a_worker_that_cannot_start_again_is_retried_while_the_others_serve(
         assert "stopping" not in srv.log()
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
+
+
+def test_a_drain_does_not_wait_out_the_header_timeout_for_silent_connections(
+    docroot: DocRoot,
+) -> None:
+    """Browsers open connections ahead of need (preconnect) and may send nothing: a stop
+    closes those after a second's grace, not after --header-timeout."""
+    srv = start_server(docroot.path, docroot=docroot, workers=2, extra=["--header-timeout", "30"])
+    silent = [socket.create_connection(srv.addr, timeout=10) for _ in range(3)]
+    try:
+        with socket.create_connection(srv.addr, timeout=10) as s:  # the server is up
+            s.sendall(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+        began = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=15) == 0, srv.log()
+        assert time.monotonic() - began < 5, srv.log()
+        for s in silent:
+            assert s.recv(100) == b""  # closed, with nothing said: nothing was asked
+    finally:
+        for s in silent:
+            s.close()
+        stop_server(srv.proc)

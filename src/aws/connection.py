@@ -180,8 +180,8 @@ class Connection(Replaying, Sending):
     def timed_out(self) -> None:
         """Called by the worker's sweep once ``deadline`` has passed."""
         state = self.state
-        if state is READ_HEAD and not self.framer.buf and self.requests:
-            self.close()  # an idle keep-alive connection: nothing to say
+        if state is READ_HEAD and not self.framer.buf and (self.requests or self.server.draining):
+            self.close()  # idle (keep-alive, or nothing sent while draining): nothing to say
             return
         if state is READ_HEAD or state is READ_BODY:
             log.info("%s: 408, no complete request within the timeout", self.peer)

@@ -61,6 +61,9 @@ class Acceptor:
         log.error("accepting failed: %r", exc)
 
 
+FIRST_BYTE_GRACE = 1.0  # s a drain waits for a connection that has sent nothing yet
+
+
 class Server:
     def __init__(
         self,
@@ -322,12 +325,17 @@ class Server:
         return socks
 
     def _drain_connections(self, keep_idle: bool) -> None:
-        # One accepted but with no request yet always stays: its client is sending, and
-        # it gets its answer (with Connection: close), not a reset (within
-        # --header-timeout).
+        # One accepted but with no request yet stays a moment: its client may be
+        # sending, and then gets its answer (with Connection: close), not a reset. One
+        # that sends nothing (a browser's preconnect) is closed after FIRST_BYTE_GRACE,
+        # not --header-timeout: nothing was asked, so a client can just reconnect.
         if not keep_idle:
-            for conn in [c for c in self.conns if c.idle and c.requests]:
-                conn.close()
+            grace = self.loop.now + FIRST_BYTE_GRACE
+            for conn in [c for c in self.conns if c.idle]:
+                if conn.requests:
+                    conn.close()
+                elif conn.deadline is None or conn.deadline > grace:
+                    conn.deadline = grace
         if not self.conns:
             self._drained()
 
