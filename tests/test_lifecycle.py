@@ -432,3 +432,23 @@ def test_a_drain_does_not_wait_out_the_header_timeout_for_silent_connections(
         for s in silent:
             s.close()
         stop_server(srv.proc)
+
+
+def test_a_worker_stuck_past_its_drain_is_killed(docroot: DocRoot) -> None:
+    """No process outlives the server: a worker that cannot act on SIGTERM (stopped,
+    wedged) is killed once its drain deadline and a grace have passed."""
+    srv = start_server(docroot.path, docroot=docroot, workers=2, extra=["--drain-timeout", "1"])
+    stuck = srv.worker_pids()[0]
+    try:
+        os.kill(stuck, signal.SIGSTOP)
+        began = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=20) == 0, srv.log()
+        took = time.monotonic() - began
+        assert 1 + 5 <= took < 10, (took, srv.log())
+        assert f"(pid {stuck}) is still there after its drain: killed" in srv.log()
+        assert not os.path.exists(f"/proc/{stuck}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGKILL)
+        stop_server(srv.proc)

@@ -44,6 +44,9 @@ _BLOCKED = _SIGNALS | {RETIRE}
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0  # a worker up this long resets its back-off
+# A worker told to stop that has not exited this long after its own deadline is stuck
+# (SIGSTOP, a debugger, a wedged system call): the supervisor kills it.
+KILL_GRACE = 5.0
 
 
 @dataclass
@@ -59,6 +62,7 @@ class WorkerSlot:
     # Restarted after a crash: its failing to start (a renewal half done, a log folder
     # moved) is retried with back-off while the others serve, not the end of the server.
     restarted: bool = False
+    kill_at: float | None = None  # told to stop: SIGKILL if still there then
 
 
 class Supervisor:
@@ -171,6 +175,7 @@ class Supervisor:
             elif info is not None and info.si_signo == signal.SIGHUP:
                 self._reload()
             fatal = self._reap()
+            self._kill_stuck()
             if fatal is not None and not self.stopping:
                 log.critical("worker %d cannot start; stopping", fatal)
                 status = 1
@@ -267,6 +272,22 @@ class Supervisor:
         )
         self.listeners.close()  # the workers' copies stay open until they drain
         self._signal_all(signal.SIGTERM)
+        kill_at = time.monotonic() + self.config.drain_timeout + KILL_GRACE
+        for slot in self.slots + self.retiring:
+            slot.kill_at = kill_at if slot.kill_at is None else min(slot.kill_at, kill_at)
+
+    def _kill_stuck(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots + self.retiring:
+            if slot.pid and slot.kill_at is not None and now >= slot.kill_at:
+                log.warning(
+                    "worker %d (pid %d) is still there after its drain: killed",
+                    slot.index,
+                    slot.pid,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGKILL)
+                slot.kill_at = None
 
     def _stop_metrics(self) -> None:
         if self.metrics_pid:
@@ -319,6 +340,9 @@ class Supervisor:
                 self.retiring.append(slot)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(slot.pid, RETIRE)
+                # It keeps idle connections for one more answer, then drains.
+                wait = old.drain_timeout + max(old.keepalive_timeout, old.header_timeout)
+                slot.kill_at = time.monotonic() + wait + KILL_GRACE
         if self.shared is not None:
             self.shared.reloaded()
         log.info(
