@@ -331,6 +331,30 @@ def test_slow_but_steady_reader_is_not_dropped(short: ServerProcess) -> None:
         s.close()
 
 
+@pytest.mark.parametrize("prefix", ["static", "dynamic"])
+def test_a_reader_too_slow_to_wake_epollout_is_not_dropped(
+    short: ServerProcess, prefix: str
+) -> None:
+    """A client taking 16 KiB every 0.1 s frees far less than the third of a
+    multi-megabyte send buffer that EPOLLOUT waits for, for many times the 1 s send
+    timeout; it is reading, so it stays (the socket's queue is seen to shrink)."""
+    s = open_request(short.addr, f"/{prefix}/big.bin")
+    try:
+        status, _headers, first = read_head(s)
+        assert status == 200
+        body = bytearray(first)
+        time.sleep(0.5)  # the send buffer fills
+        start = time.monotonic()
+        while time.monotonic() - start < 4:
+            chunk = s.recv(16 * 1024)
+            assert chunk, "dropped while reading"
+            body += chunk
+            time.sleep(0.1)
+        assert sha(bytes(body)) == sha(short.root.content(f"/{prefix}/big.bin")[: len(body)])
+    finally:
+        s.close()
+
+
 # -- limits --------------------------------------------------------------------------------
 
 

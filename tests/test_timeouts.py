@@ -8,11 +8,14 @@ the test moves, and the worker's sweep (every 0.25 s of that clock) does the res
 from __future__ import annotations
 
 import os
+import struct
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from aws import connection
 from aws import states as S
 from aws.config import Config
 from aws.connection import LINGER_TIMEOUT
@@ -80,11 +83,40 @@ def test_a_client_that_stops_reading_is_dropped_after_send_timeout(
     # Blocked on the client, by sendfile, or by AIO buffers where the page cache did not
     # hold the file (the mixed path).
     assert harness.conn.state in S.SENDING
-    let_time_pass(harness, clock, DEFAULTS.send_timeout - 1, read=False)
+    # At the deadline the socket's queue is measured; a quarter of the timeout later it
+    # has not moved: the client stopped.
+    let_time_pass(harness, clock, DEFAULTS.send_timeout * 1.25 - 1, read=False)
     assert harness.conn.state in S.SENDING
     let_time_pass(harness, clock, 1.5, read=False)
     assert harness.conn.state is S.CLOSED
     assert harness.conn.res is None  # the file reference went back
+
+
+def test_a_slow_reader_whose_socket_stays_full_is_not_dropped(
+    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Too slow to free the part of the buffer EPOLLOUT waits for, yet reading: its
+    socket's queue (SIOCOUTQ) shrinks between deadlines, so it stays; once the queue
+    stops shrinking, it is dropped. (A socketpair cannot play a slow TCP reader: a sip
+    wakes EPOLLOUT. The queue the kernel would report is played here.)"""
+    harness.client.sendall(b"GET /static/f67108864.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+    for _ in range(5):
+        harness.loop.run_once()
+    assert harness.conn.state in S.SENDING
+    queue = [4_000_000]
+
+    def outq(fd: int, request: int, arg: bytes) -> bytes:
+        assert request == termios.TIOCOUTQ
+        return struct.pack("i", queue[0])
+
+    monkeypatch.setattr(connection.fcntl, "ioctl", outq)
+    let_time_pass(harness, clock, DEFAULTS.send_timeout + 0.5, read=False)  # measured
+    for _ in range(4):  # four more timeouts, a little read before each
+        queue[0] -= 16 * 1024
+        let_time_pass(harness, clock, DEFAULTS.send_timeout, read=False)
+        assert harness.conn.state in S.SENDING
+    let_time_pass(harness, clock, DEFAULTS.send_timeout + 0.5, read=False)  # it stopped
+    assert harness.conn.state is S.CLOSED
 
 
 def test_linger_ends_when_its_timeout_passes(harness: Harness, clock: FakeClock) -> None:

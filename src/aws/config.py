@@ -179,7 +179,8 @@ class Config:
     send_timeout: float = option(
         60.0,
         parse=seconds,
-        help="seconds without progress before a client that stopped reading is dropped",
+        help="seconds a full socket may take no byte before its client is dropped (a slow "
+        "reader that keeps taking bytes stays)",
     )
     drain_timeout: float = option(
         30.0, parse=seconds, help="on SIGTERM, seconds to let transfers finish"

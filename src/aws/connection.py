@@ -13,8 +13,11 @@ says EAGAIN, then waits for EPOLLOUT; every read keeps what it got and waits for
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -76,6 +79,7 @@ class Connection(Replaying, Sending):
         "linger",
         "mask",
         "out",
+        "outq",
         "parts",
         "path",
         "peer",
@@ -109,6 +113,7 @@ class Connection(Replaying, Sending):
         self.requests = 0
         self.req: Request | None = None  # the last request answered (kept for _replay)
         self.refused: bytes | None = None  # the request line of a request refused unparsed
+        self.outq = -1  # the socket's queue at the last send deadline (-1: not looked)
         # After a short reply that may be given again: the request's bytes, the reply,
         # the Date it carries, its cache and the cache's entry for it (see _replay).
         self.again: Again | None = None
@@ -197,6 +202,8 @@ class Connection(Replaying, Sending):
                 finish(self)
             self.close()
             return
+        if state in SENDING and self._reading_still():
+            return
         if state is not LINGER:
             log.info(
                 "%s: dropped, no progress for %ss while %s",
@@ -205,6 +212,24 @@ class Connection(Replaying, Sending):
                 state.value,
             )
         self.close()
+
+    def _reading_still(self) -> bool:
+        """Whether a client whose socket stayed full past --send-timeout is still taking
+        bytes: a slow reader frees too little of a multi-megabyte send buffer for
+        EPOLLOUT (a third of it), yet it is not one that stopped. The socket's queue
+        (SIOCOUTQ) is read at each deadline: shorter than at the last one, the client
+        read; the first deadline only takes the measure, for a quarter of the timeout."""
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError:
+            return False
+        timeout = self.server.config.send_timeout
+        if self.outq >= 0 and queued >= self.outq:
+            return False  # nothing taken since the last look: it stopped
+        wait = timeout / 4 if self.outq < 0 else timeout
+        self.outq = queued
+        self.deadline = self.server.loop.now + wait
+        return True
 
     # -- reading -------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class Sending:
     pos: int
     stop: int
     sent: int
+    outq: int
     corked: bool
     bulk: bool
     warm_to: int
@@ -157,6 +158,7 @@ class Sending:
         """The socket is full: wait for EPOLLOUT, and for at most send_timeout."""
         self._want(EPOLLOUT)
         self.deadline = self.server.loop.now + self.server.config.send_timeout
+        self.outq = -1
 
     def _send_head(self, events: int) -> None:
         try:
