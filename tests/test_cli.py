@@ -57,6 +57,35 @@ def test_missing_root_stops_at_once_with_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and str(missing) in lines[0] and "not a directory" in lines[0]
 
 
+def test_help_shows_the_socket_mode_in_octal() -> None:
+    assert "octal (default: 660)" in run_cli("--help").stdout
+
+
+def test_two_of_our_own_listeners_on_one_port_are_named(docroot: DocRoot) -> None:
+    root = str(docroot.path)
+    tls = ("--tls-cert", "c.pem", "--tls-key", "k.pem")
+    for args, said in (
+        (("--port", "19333", *tls, "--tls-port", "19333"), "--tls-port 19333 is --port too"),
+        (("--port", "19333", "--metrics", "127.0.0.1:19333"), "--metrics port 19333 is --port"),
+        (("--plain", "off", *tls, "--tls-port", "19334", "--metrics", ":19334"), "--tls-port"),
+    ):
+        out = run_cli("--root", root, *args)
+        assert out.returncode == 2 and said in out.stderr, out.stderr
+    # another address: no conflict (the start goes on and fails on the missing cert)
+    out = run_cli(
+        "--root",
+        root,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "19333",
+        "--metrics",
+        "127.0.0.2:19333",
+        *tls,
+    )
+    assert "too: each needs its own" not in out.stderr
+
+
 def test_port_in_use_stops_at_once_with_one_line(docroot: DocRoot) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -55,6 +55,8 @@ def build_parser(
             )
             continue
         shown = "" if default in (None, ()) else " (default: %(default)s)"
+        if meta["parse"] is config.octal_mode:
+            shown = f" (default: {default:o})"  # as it is written: 660, not 432
         p.add_argument(
             flag,
             dest=f.name,
@@ -100,12 +102,32 @@ def load_config(argv: Sequence[str] | None) -> Config:
             raise ConfigError(f"access log folder {folder} does not exist")
     values = {f.name: getattr(args, f.name) for f in config.flags()}
     settings = Config(**{**values, "root": root})
+    _check_ports(settings)
     if settings.error_pages:
         try:
             errorpages.load(root, settings.error_pages)
         except errorpages.PageError as exc:
             raise ConfigError(f"--error-pages: {exc}") from None
     return settings
+
+
+def _check_ports(settings: Config) -> None:
+    """Two of our own listeners on one port would be told "already in use", as if
+    another program held it: say which two instead."""
+    taken: dict[int, str] = {}
+    if settings.plain == "on" and settings.port:
+        taken[settings.port] = "--port"
+    if settings.tls_cert and settings.tls_port:
+        if settings.tls_port in taken:
+            raise ConfigError(f"--tls-port {settings.tls_port} is --port too: each needs its own")
+        taken[settings.tls_port] = "--tls-port"
+    if settings.metrics:
+        host, _, port_text = settings.metrics.rpartition(":")
+        host = host.strip("[]")
+        shared = {host, settings.host} & {"", "0.0.0.0", "::"} or host == settings.host
+        if port_text.isdigit() and int(port_text) in taken and shared:
+            port = int(port_text)
+            raise ConfigError(f"--metrics port {port} is {taken[port]} too: each needs its own")
 
 
 def main(argv: list[str] | None = None) -> int:
