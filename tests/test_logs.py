@@ -161,8 +161,8 @@ def test_a_response_that_ended_early_is_logged_with_what_was_sent(
         ("/dynamic/big.bin", 200, False),
         (None, 408, False),
     ]
-    for r in records[:2]:
-        assert 1 << 20 <= r["bytes"] < 64 << 20
+    for r in records[:2]:  # the client read 1 MiB, the head (< 1 KiB) included
+        assert (1 << 20) - 1024 <= r["bytes"] < 64 << 20
     assert records[2]["bytes"] == 0 and records[2]["duration"] >= 1
 
 
