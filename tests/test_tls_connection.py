@@ -268,6 +268,8 @@ def test_off_every_request_goes_through_the_states(docroot: DocRoot, certs: Cert
 
 
 def test_plain_http_on_the_tls_side_is_a_400(harness: TlsHarness) -> None:
+    logged: list[tuple[int, int, object]] = []
+    harness.server.on_response = lambda conn: logged.append((conn.status, conn.sent, conn.req))
     harness.client.sendall(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
     harness.loop.run_once()
     answer = b""
@@ -279,6 +281,8 @@ def test_plain_http_on_the_tls_side_is_a_400(harness: TlsHarness) -> None:
             answer += harness.client.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert _trace(harness) == "HANDSHAKE CLOSED"
+    page = len(answer) - answer.index(b"\r\n\r\n") - 4
+    assert logged == [(400, page, None)]  # in the access log and the metrics, once
 
 
 def test_handshake_timeout_closes(harness: TlsHarness) -> None:

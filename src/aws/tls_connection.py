@@ -145,9 +145,16 @@ class TlsConnection(Connection):
                 if not raw.recv(RECV_SIZE):
                     break
         reply = heads.error_response(400, self.server.date.value, False)
+        page = len(reply) - reply.index(b"\r\n\r\n") - 4
         with contextlib.suppress(OSError):  # a full socket buffer: the client gets a close
             while reply:
                 reply = reply[raw.send(reply) :]
+        finish = self.server.on_response
+        if finish is not None:  # logged and counted as nginx logs its 497: a 400, "-"
+            self.req = self.refused = None
+            self.status, self.path, self.began = 400, "", self.server.loop.now
+            self.sent = 0 if reply else page
+            finish(self)
         self.close()
 
     def timed_out(self) -> None:
