@@ -84,6 +84,8 @@ def test_two_of_our_own_listeners_on_one_port_are_named(docroot: DocRoot) -> Non
         *tls,
     )
     assert "too: each needs its own" not in out.stderr
+    out = run_cli("--root", root, "--port", "19333", "--metrics", "[::1]:19333", *tls)
+    assert "too: each needs its own" not in out.stderr  # IPv4's wildcard, IPv6's loopback
 
 
 def test_port_in_use_stops_at_once_with_one_line(docroot: DocRoot) -> None:

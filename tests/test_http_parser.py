@@ -1076,7 +1076,7 @@ def test_framer_body_arriving_later_is_skipped_then_the_next_request() -> None:
 
 
 CHUNKED_HEAD = b"GET /a HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-CHUNKED_BODY = b'5\r\nhello\r\n1A;ext=1;q="x"\r\n' + b"z" * 26 + b"\r\n0\r\nX-T: 1\r\n\r\n"
+CHUNKED_BODY = b'5\r\nhello\r\n1A;ext=1 ; q = "x\\"y"\r\n' + b"z" * 26 + b"\r\n0\r\nX-T: 1\r\n\r\n"
 NEXT = b"GET /n HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
@@ -1111,6 +1111,12 @@ def test_framer_drops_a_chunked_body_cut_anywhere(cut: int | None) -> None:
         (b"1" * 16 + b"\r\n", 400),  # a size no one sends
         (b"5;" + b"e" * http.MAX_CHUNK_LINE + b"\r\n", 400),
         (b"%x\r\n" % (http.MAX_DISCARDED_BODY + 1), 413),
+        (b"5 \r\n", 400),  # whitespace after the size, with no extension
+        (b"5;a\rb\r\n", 400),  # a bare CR in an extension
+        (b"5;a=\r\n", 400),
+        (b"0\r\nnot a field\r\n\r\n", 400),  # the trailer holds fields only
+        ((b"1;" + b"e" * 4000 + b"\r\nA\r\n") * 300, 413),  # the framing counts too
+        (b"1\r\nA\r\n" * (http.MAX_CHUNKS + 1), 400),
     ],
 )
 def test_framer_refuses_a_bad_or_too_large_chunked_body(body: bytes, status: int) -> None:

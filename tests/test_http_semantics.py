@@ -531,6 +531,20 @@ def test_expect_100_continue_is_answered_at_once(server: ServerProcess, prefix: 
         assert c.closed_by_peer()  # drained, not answered
 
 
+def test_expect_100_continue_with_an_error_also_closes(server: ServerProcess) -> None:
+    """A 404 decided from the head goes at once too, and closes: the bytes that follow
+    may be the body, and must never be read as a request (a desync behind a proxy)."""
+    smuggled = req("GET", "/static/hello.txt")
+    with RawClient(server.addr, timeout=3) as c:
+        c.send(
+            req("GET", "/static/nope", "Expect: 100-continue", f"Content-Length: {len(smuggled)}")
+        )
+        status, headers, _ = c.response()
+        assert (status, headers["connection"]) == (404, "close")
+        c.send(smuggled)
+        assert c.closed_by_peer()  # drained, not answered
+
+
 def test_expect_100_continue_from_curl(server: ServerProcess) -> None:
     curl = shutil.which("curl")
     if curl is None:

@@ -452,3 +452,27 @@ def test_a_worker_stuck_past_its_drain_is_killed(docroot: DocRoot) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(stuck, signal.SIGKILL)
         stop_server(srv.proc)
+
+
+def test_with_no_worker_left_that_can_start_the_supervisor_stops(
+    docroot: DocRoot, tmp_path: Path
+) -> None:
+    """Retrying a restart is for while others serve: with every worker down and the
+    next failing to start, holding the port open for nobody helps no one (a service
+    manager can start the server again)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    srv = start_server(
+        docroot.path, docroot=docroot, workers=2, extra=["--access-log", str(logs / "a.log")]
+    )
+    try:
+        pids = srv.worker_pids()[:2]
+        assert wait_for(lambda: len(os.listdir(logs)) == 1, 5)
+        time.sleep(0.5)  # both workers through their start
+        logs.rename(tmp_path / "moved")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        assert srv.proc.wait(timeout=15) == 1, srv.log()
+        assert "cannot start; stopping" in srv.log()
+    finally:
+        stop_server(srv.proc)

@@ -128,3 +128,11 @@ def test_an_error_reply_knows_its_pages_length_for_the_log() -> None:
     reply = respond.error(HttpError(404, "nope"), get, DATE, True)
     assert reply.res is None and reply.stop == len(reply.head.partition(b"\r\n\r\n")[2]) > 0
     assert respond.error(HttpError(404, "nope"), head, DATE, True).stop == 0  # no body sent
+
+
+def test_a_416_knows_its_pages_length(
+    caches: dict[bytes | None, FileCache],
+) -> None:
+    reply = ask(caches, "GET /static/ten.txt", "Range: bytes=100-200")
+    assert reply.status == 416 and reply.stop == len(reply.head.partition(b"\r\n\r\n")[2]) > 0
+    assert ask(caches, "HEAD /static/ten.txt", "Range: bytes=100-200").stop == 0

@@ -150,3 +150,24 @@ def test_a_rewritten_file_is_seen_after_the_revalidation_interval(
         assert harness.responses(1) == [(200, b"second\n")]
     finally:
         path.unlink()
+
+
+def test_a_log_that_fails_does_not_keep_the_connection_or_stop_the_sweep(
+    harness: Harness, clock: FakeClock
+) -> None:
+    """The line of a response cut short is written from close(): a full disk under the
+    access log must not leave the connection open, nor end the worker's sweep."""
+
+    def full_disk(conn: object) -> None:
+        raise OSError(28, os.strerror(28))
+
+    harness.server.on_response = full_disk  # type: ignore[assignment]
+    harness.client.sendall(b"GET /static/f67108864.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+    for _ in range(5):
+        harness.loop.run_once()
+    assert harness.conn.state in S.SENDING
+    let_time_pass(harness, clock, DEFAULTS.send_timeout * 1.25 + 1, read=False)
+    assert harness.conn.state is S.CLOSED
+    assert harness.conn not in harness.server.conns
+    sweeps = [cb for _, _, cb in harness.loop._timers if cb == harness.server._sweep]
+    assert sweeps, "the sweep was not armed again"

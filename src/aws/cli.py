@@ -124,10 +124,16 @@ def _check_ports(settings: Config) -> None:
     if settings.metrics:
         host, _, port_text = settings.metrics.rpartition(":")
         host = host.strip("[]")
-        shared = {host, settings.host} & {"", "0.0.0.0", "::"} or host == settings.host
-        if port_text.isdigit() and int(port_text) in taken and shared:
+        if port_text.isdigit() and int(port_text) in taken and _overlap(host, settings.host):
             port = int(port_text)
             raise ConfigError(f"--metrics port {port} is {taken[port]} too: each needs its own")
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether listeners on these two hosts, at one port, would collide."""
+    if a == b or "::" in (a, b):  # the IPv6 wildcard takes IPv4 too, by default
+        return True
+    return (a in ("", "0.0.0.0") and ":" not in b) or (b in ("", "0.0.0.0") and ":" not in a)
 
 
 def main(argv: list[str] | None = None) -> int:

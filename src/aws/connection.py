@@ -30,6 +30,7 @@ from aws.replaying import Again, Replaying
 from aws.sending import READ_AHEAD_LIMIT, Sending
 from aws.states import (
     AIO_WAIT,
+    ANSWERING,
     CLOSED,
     DONE,
     LINGER,
@@ -54,9 +55,6 @@ __all__ = ["SENDING", "TRANSITIONS", "Connection", "IllegalTransition", "State",
 
 CONTINUE = b"100-continue"
 
-# A response is under way in these: one that ends here early (the client left, a send
-# failed, the file shrank, no progress, a drain's deadline) is still logged and counted.
-ANSWERING = SENDING | {AIO_WAIT}
 
 RECV_SIZE = 64 * 1024
 MAX_PIPELINED_PER_TURN = 32  # then yield to the other connections of the loop
@@ -192,12 +190,15 @@ class Connection(Replaying, Sending):
             log.info("%s: 408, no complete request within the timeout", self.peer)
             server = self.server
             reply = respond.error(HttpError(408, "request timeout"), None, server.date.value, False)
-            with contextlib.suppress(OSError):
-                self.sock.send(reply.head)
+            rest = reply.head
+            with contextlib.suppress(OSError):  # a full socket: the client gets the close
+                while rest:
+                    rest = rest[self.sock.send(rest) :]
             finish = server.on_response
             if finish is not None:  # nginx logs these too: "-" 408
                 self.req = self.refused = None
-                self.status, self.sent, self.path = 408, 0, ""
+                self.status, self.path = 408, ""
+                self.sent = max(0, reply.stop - len(rest))  # the page's bytes that went
                 self.began = server.loop.now - server.config.header_timeout
                 finish(self)
             self.close()
@@ -269,7 +270,9 @@ class Connection(Replaying, Sending):
         if framer.buf:
             framer.buf += data
         else:
-            if self.requests:  # the next request's first byte starts its clock
+            if self.requests or self.server.draining:
+                # The next request's first byte starts its clock (and a first byte that
+                # comes during a drain's grace gets the whole header timeout).
                 self.deadline = self.server.loop.now + self.server.config.header_timeout
             framer.buf = data
         self._process()
@@ -380,10 +383,12 @@ class Connection(Replaying, Sending):
             log.info("%s: %d %s", self.peer, exc.status, exc.detail)
         else:
             log.debug("%s: %d %s", self.peer, exc.status, exc.detail)
-        if exc.close or req is None:
+        if exc.close or req is None or self.linger:
+            # Where the next request starts is unknown (or, after an Expect: 100-continue
+            # answered at once, a body may follow): read no more.
             self.keep_alive = False
             self.framer.buf = b""
-            self.linger = True  # where the next request starts is unknown: read no more
+            self.linger = True
         else:
             self.keep_alive = req.keep_alive and not self.server.draining and not self.eof
         self.req = req
@@ -451,7 +456,10 @@ class Connection(Replaying, Sending):
         if state in ANSWERING:
             finish = self.server.on_response
             if finish is not None:
-                finish(self)  # with what was sent of it; the json log says incomplete
+                try:
+                    finish(self)  # with what was sent of it; the json log says incomplete
+                except Exception:  # a full disk under the log: the close must still happen
+                    log.exception("%s: the log of a response that ended early failed", self.peer)
         self._to(CLOSED)
         self.deadline = None
         self._release_body()

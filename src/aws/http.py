@@ -321,7 +321,15 @@ def parse_memoized(head: bytes) -> Request:
     return req
 
 
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+# chunk-size [ chunk-ext ] (RFC 9112 7.1.1): extensions are ; name [= token or
+# quoted-string], with BWS around ; and =; nothing else (no CTL, no bare CR), so that
+# no proxy before us can frame the body otherwise.
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_EXT = (
+    rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*"
+)
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})" + _CHUNK_EXT)
+MAX_CHUNKS = 16384  # per body: each costs a few us of the loop, whatever its size
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 
@@ -329,14 +337,15 @@ class Chunks:
     """Where a chunked request body being dropped is (RFC 9112 7.1, which every
     recipient MUST be able to parse): sizes read, data skipped, trailer fields skipped."""
 
-    __slots__ = ("left", "line", "req", "state", "total")
+    __slots__ = ("chunks", "left", "line", "req", "state", "total")
 
     def __init__(self, req: Request) -> None:
         self.req = req
         self.state = _SIZE
         self.left = 0  # data bytes left in this chunk
         self.line = b""  # a size line or trailer field cut by the end of what arrived
-        self.total = 0
+        self.total = 0  # bytes on the wire, framing included: the limit is on those
+        self.chunks = 0
 
     def skip(self, data: bytes) -> int:
         """Drop the body's bytes from ``data``: the index just past its end, or -1 when
@@ -356,6 +365,7 @@ class Chunks:
                 self._check(len(self.line))
                 return -1
             line, self.line, i = self.line + data[i : j + 1], b"", j + 1
+            self.total += len(line)
             self._check(len(line))
             if line[-2:-1] != b"\r":
                 raise self._bad("a bare LF in the chunked body")
@@ -365,18 +375,20 @@ class Chunks:
                     raise self._bad("chunk data longer than its size")
                 self.state = _SIZE
             elif self.state == _SIZE:
-                size = line.split(b";", 1)[0].rstrip(b" \t")  # then extensions, ignored
-                if _CHUNK_SIZE.fullmatch(size) is None:
-                    raise self._bad("invalid chunk size")
-                self.left = int(size, 16)
+                m = _CHUNK_LINE.fullmatch(line)  # extensions are read, and ignored
+                if m is None:
+                    raise self._bad("invalid chunk size or extension")
+                self.left = int(m.group(1), 16)
                 self.total += self.left
+                self.chunks += 1
+                if self.chunks > MAX_CHUNKS:
+                    raise self._bad(f"more than {MAX_CHUNKS} chunks")
                 self._check(0)
                 self.state = _DATA if self.left else _TRAILER
             elif not line:
                 return i  # the empty line after the trailer: the body is over
-            else:
-                self.total += len(line)  # trailer fields count against the limit too
-                self._check(0)
+            elif _FIELD.fullmatch(line) is None:
+                raise self._bad("invalid trailer field")
         return -1
 
     def _check(self, line: int) -> None:
@@ -439,6 +451,8 @@ class Framer:
         head = buf[:end]
         req = _parsed.get(head) or parse_memoized(head)  # a memo hit costs no call
         length = req.content_length
+        if length == 0:
+            return req  # the common case: no body
         if length == CHUNKED:
             chunks = Chunks(req)
             end = chunks.skip(rest)
@@ -446,7 +460,7 @@ class Framer:
                 self.discard, self.chunks, self.buf = CHUNKED, chunks, b""
             else:
                 self.buf = rest[end:]
-        elif length:
+        else:
             if length > MAX_DISCARDED_BODY:
                 raise HttpError(
                     413, "request body too large", close=True, method=req.method, request=req

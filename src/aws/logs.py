@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-from aws.states import DONE
+from aws.states import ANSWERING
 
 if TYPE_CHECKING:
     from aws.connection import Connection
@@ -141,7 +141,8 @@ def make_formatter(kind: str, worker: int) -> Formatter:
             "user_agent": agent.decode("utf-8", "backslashreplace") if agent is not None else None,
             "worker": worker,
             "via": WAY_NAMES[way],
-            "complete": conn.state is DONE,  # False: it ended early, with "bytes" sent
+            # False: it ended early (logged by Connection.close), with "bytes" sent
+            "complete": conn.state not in ANSWERING,
         }
         return json.dumps(record, separators=(",", ":")) + "\n"
 

@@ -111,9 +111,11 @@ class Replaying:
             finish = server.on_replay  # the metrics counted it in C already
             if finish is not None:
                 self.began = now
-                self.res = res
-                finish(self)
-                self.res = None
+                self.res = res  # no reference of its own: released by nobody
+                try:
+                    finish(self)
+                finally:
+                    self.res = None
             self.deadline = now + server.config.keepalive_timeout
             return True
         if outcome == replay.OTHER:
@@ -161,7 +163,11 @@ class Replaying:
         self.sent = 0  # not the last response's count, if this one ends here
         if outcome == replay.BLOCKED:
             self._replay_rest(reply, aio)
-        elif outcome == replay.SHRANK:
+            return
+        # It ends here, under way: close() logs and counts it as such (the C call counts
+        # only answers it sent whole).
+        self._to(SEND_HEAD)
+        if outcome == replay.SHRANK:
             res.checked = float("-inf")  # the next request re-checks the file at once
             self._abort("file shrank during the transfer")
         else:
@@ -176,7 +182,7 @@ class Replaying:
         if aio:
             # The rest, copied out of the replay's buffer (at most replay_max bytes), as
             # a head-only reply: the same bytes the Python path sends from AIO buffers.
-            self.sent = self.stop = stop - start  # what a head-only reply counts when done
+            self.sent, self.stop = 0, stop - start  # what the head-only reply counts when done
             self.out = reply.head[done.head_sent :] + done.body(stop - start)[done.file_pos :]
             self._to(SEND_HEAD)
             self._block()

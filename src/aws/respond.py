@@ -140,7 +140,7 @@ def answer(
             extra = (*extra, (b"Vary", b"Accept-Encoding"))
         res.release()
         head_only = req.method == "HEAD"
-        return Reply(status, heads.error_response(status, date, keep, head_only, extra))
+        return _whole(status, heads.error_response(status, date, keep, head_only, extra), head_only)
     return _with_body(req, res, cache, status, head, decision.start, decision.end)
 
 
@@ -170,7 +170,7 @@ def _listing(req: Request, cache: FileCache, date: bytes, keep: bool) -> Reply |
     accept = req.headers.get(b"accept")
     head_only = req.method == "HEAD"
     data = listing.response(req.path, entries, truncated, accept, date, keep, head_only)
-    return Reply(200, data)
+    return _whole(200, data, head_only)
 
 
 def _fallback(
@@ -245,6 +245,11 @@ def error(
         exc = _with_page(exc, caches)
     page = exc.page if isinstance(exc, PagedError) else None
     whole = heads.error_response(exc.status, date, keep, head_only, exc.headers, page)
-    # The page's length, for the log's bytes (as nginx counts them): it rides in the head.
+    return _whole(exc.status, whole, head_only)
+
+
+def _whole(status: int, whole: bytes, head_only: bool) -> Reply:
+    """A reply whose body rides in its head (a page, a listing): ``stop`` is the body's
+    length, for the log's bytes as nginx counts them."""
     body = 0 if head_only else len(whole) - whole.index(b"\r\n\r\n") - 4
-    return Reply(exc.status, whole, stop=body)
+    return Reply(status, whole, stop=body)

@@ -7,6 +7,7 @@ per connection, and nothing to cancel when a connection closes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -266,6 +267,8 @@ class Server:
     def _sweep(self) -> None:
         if self._closed:
             return
+        # Armed first: whatever fails below, deadlines and the Date go on being kept.
+        self.loop.call_later(SWEEP_INTERVAL, self._sweep)
         self.date.refresh()
         if self.counters is not None:
             self.counters.sample()
@@ -275,8 +278,8 @@ class Server:
                 conn.timed_out()
             except Exception:
                 log.exception("timing out %r failed", conn)
-                conn.close()
-        self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     def closed(self, conn: Connection) -> None:
         self.conns.discard(conn)

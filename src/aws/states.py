@@ -111,6 +111,9 @@ MACHINE: dict[State, dict[State, str]] = {
 
 TRANSITIONS: dict[State, frozenset[State]] = {s: frozenset(MACHINE[s]) for s in STATES}
 SENDING = frozenset({SEND_HEAD, SEND_FILE, SEND_BUFFER})
+# A response is under way in these: one that ends here early (the client left, a send
+# failed, the file shrank, no progress, a drain's deadline) is still logged and counted.
+ANSWERING = SENDING | {AIO_WAIT}
 
 
 class IllegalTransition(RuntimeError):

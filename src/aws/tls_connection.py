@@ -229,7 +229,7 @@ class TlsConnection(Connection):
     def _replay_rest(self, reply: respond.Reply, aio: bool) -> None:
         # SSL_write took part of the head and body: all of it goes again as a head-only
         # reply, the very bytes, as OpenSSL requires.
-        self.sent = self.stop = reply.stop - reply.start  # what a head-only reply counts
+        self.sent, self.stop = 0, reply.stop - reply.start  # counted once all of it went
         self.out = self.server.replay.sealed()
         self._to(SEND_HEAD)
         self._block()

@@ -229,7 +229,11 @@ class Supervisor:
                 if code != 0:
                     log.warning("worker %d exited with %d", slot.index, code)
                 continue
-            if code == EXIT_FATAL and not slot.restarted:
+            if code == EXIT_FATAL and (
+                not slot.restarted or not any(other.pid for other in self.slots)
+            ):
+                # A first start that fails, or no worker left to serve while this one
+                # cannot start: the server stops (a service manager can start it again).
                 fatal = slot.index
                 continue
             now = time.monotonic()
@@ -274,7 +278,8 @@ class Supervisor:
         self._signal_all(signal.SIGTERM)
         kill_at = time.monotonic() + self.config.drain_timeout + KILL_GRACE
         for slot in self.slots + self.retiring:
-            slot.kill_at = kill_at if slot.kill_at is None else min(slot.kill_at, kill_at)
+            # An old worker keeps its own (later) deadline from the reload, if it has one.
+            slot.kill_at = kill_at if slot.kill_at is None else max(slot.kill_at, kill_at)
 
     def _kill_stuck(self) -> None:
         now = time.monotonic()
@@ -293,8 +298,18 @@ class Supervisor:
         if self.metrics_pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.metrics_pid, signal.SIGTERM)
+            deadline = time.monotonic() + KILL_GRACE
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.metrics_pid, 0)
+                while os.waitpid(self.metrics_pid, os.WNOHANG) == (0, 0):
+                    if time.monotonic() >= deadline:  # stopped or wedged: not forever
+                        log.warning(
+                            "metrics process (pid %d) did not stop: killed", self.metrics_pid
+                        )
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(self.metrics_pid, signal.SIGKILL)
+                        os.waitpid(self.metrics_pid, 0)
+                        break
+                    time.sleep(0.02)
             self.metrics_pid = 0
         if self.metrics_sock is not None:
             self.metrics_sock.close()
