@@ -24,6 +24,8 @@ IMF_FIXDATE = re.compile(
     r" \d{4} \d{2}:\d{2}:\d{2} GMT"
 )
 ALLOW = "GET, HEAD, OPTIONS"
+CURL = shutil.which("curl")
+WGET = shutil.which("wget")
 
 Headers = dict[str, str]
 
@@ -545,10 +547,10 @@ def test_expect_100_continue_with_an_error_also_closes(server: ServerProcess) ->
         assert c.closed_by_peer()  # drained, not answered
 
 
+@pytest.mark.skipif(CURL is None, reason="curl not installed")
 def test_expect_100_continue_from_curl(server: ServerProcess) -> None:
-    curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("curl is not installed")
+    curl = CURL
+    assert curl is not None
     began = time.monotonic()
     out = subprocess.run(
         [
@@ -677,9 +679,6 @@ def test_400_and_505_with_requests(server: ServerProcess, monkeypatch: pytest.Mo
 
 
 # -- curl and wget -------------------------------------------------------------------------------
-
-CURL = shutil.which("curl")
-WGET = shutil.which("wget")
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:

@@ -194,13 +194,8 @@ class Connection(Replaying, Sending):
             with contextlib.suppress(OSError):  # a full socket: the client gets the close
                 while rest:
                     rest = rest[self.sock.send(rest) :]
-            finish = server.on_response
-            if finish is not None:  # nginx logs these too: "-" 408
-                self.req = self.refused = None
-                self.status, self.path = 408, ""
-                self.sent = max(0, reply.stop - len(rest))  # the page's bytes that went
-                self.began = server.loop.now - server.config.header_timeout
-                finish(self)
+            began = server.loop.now - server.config.header_timeout
+            self._log_unasked(408, max(0, reply.stop - len(rest)), began)  # nginx logs them
             self.close()
             return
         if state in SENDING and self._reading_still():
@@ -213,6 +208,15 @@ class Connection(Replaying, Sending):
                 state.value,
             )
         self.close()
+
+    def _log_unasked(self, status: int, page: int, began: float) -> None:
+        """Log and count an answer to no parsed request ("-" 408, or a 400 for plain
+        HTTP on the TLS port): ``page`` bytes of its page went."""
+        finish = self.server.on_response
+        if finish is not None:
+            self.req = self.refused = None
+            self.status, self.path, self.sent, self.began = status, "", page, began
+            finish(self)
 
     def _reading_still(self) -> bool:
         """Whether a client whose socket stayed full past --send-timeout is still taking

@@ -149,12 +149,8 @@ class TlsConnection(Connection):
         with contextlib.suppress(OSError):  # a full socket buffer: the client gets a close
             while reply:
                 reply = reply[raw.send(reply) :]
-        finish = self.server.on_response
-        if finish is not None:  # logged and counted as nginx logs its 497: a 400, "-"
-            self.req = self.refused = None
-            self.status, self.path, self.began = 400, "", self.server.loop.now
-            self.sent = 0 if reply else page
-            finish(self)
+        # logged and counted as nginx logs its 497: a 400, "-"
+        self._log_unasked(400, 0 if reply else page, self.server.loop.now)
         self.close()
 
     def timed_out(self) -> None:
