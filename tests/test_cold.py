@@ -7,8 +7,10 @@ Files live under /var/tmp: a real disk, where ``posix_fadvise(DONTNEED)`` after 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import requests
 import aiobind
 from aws import transfer
 from tests.conftest import DocRoot, make_content, start_server, stop_server
-from tests.test_connection_states import Harness
+from tests.test_connection_states import Harness, RecordingConnection
 
 pytestmark = pytest.mark.timeout(60)
 MiB = 1 << 20
@@ -140,7 +142,7 @@ def test_a_cold_static_body_goes_out_by_aio_without_sendfile_waiting(
     assert "SEND_BUFFER" in names
     assert harness.conn.path == "mixed"  # sendfile and AIO
     assert harness.conn.body is None and harness.conn.res is None
-    assert harness.server.bulk == 0  # the long transfer left the fair-share count
+    assert not harness.server.turns and not harness.conn.queued  # it left the line
 
 
 def test_a_body_cold_at_the_start_goes_back_to_sendfile_where_it_is_warm(
@@ -157,7 +159,7 @@ def test_a_body_cold_at_the_start_goes_back_to_sendfile_where_it_is_warm(
     # the AIO reads (O_DIRECT) leave no readahead behind: cold up to the tail, then
     # sendfile again for the part that is in the page cache
     assert "SEND_BUFFER SEND_FILE" in names and names.endswith("SEND_FILE DONE READ_HEAD")
-    assert harness.server.bulk == 0
+    assert not harness.server.turns
 
 
 def test_a_small_hole_is_read_alone_and_asked_back_into_the_page_cache(
@@ -203,22 +205,77 @@ def test_a_cold_small_dynamic_file_is_read_direct(harness: Harness, cold_root: D
     assert not res.probe  # asked once; the next request within the interval does not
 
 
-def test_fair_share_bounds_each_turn(harness: Harness, cold_root: DocRoot) -> None:
-    """With eight long transfers in progress, one of them sends at most an eighth of
-    sendfile_chunk per loop turn (never less than MIN_SLICE)."""
+def _client(h: Harness, name: str) -> tuple[socket.socket, RecordingConnection]:
+    """Another client of the harness's server, over its own socketpair."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    conn = RecordingConnection(h.server, ours, name)
+    h.server.conns.add(conn)
+    conn.start()
+    return theirs, conn
+
+
+def _drain(sock: socket.socket) -> bytes:
+    out = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := sock.recv(1 << 20):
+            out += chunk
+    return out
+
+
+def test_long_transfers_take_one_budget_a_turn_in_line(cold_root: DocRoot) -> None:
+    """Two downloads: each turn one of them moves the whole budget (one sendfile call,
+    not two half ones), and they take turns."""
     warm(cold_root.path / "static" / "big.bin", 13 * MiB)
-    harness.server.bulk = 7  # seven other downloads, as the worker counts them
-    harness.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
-    share = max(transfer.MIN_SLICE, harness.server.config.sendfile_chunk // 8)
-    steps = []
-    for _ in range(40):
-        before = harness.conn.sent
-        harness.loop.run_once()
-        harness._read_client()
-        steps.append(harness.conn.sent - before)
-    assert max(steps) <= share, steps
-    assert sum(steps) > 4 * share  # and it kept going
-    harness.server.bulk = 0
+    budget = 64 * 1024
+    h = Harness(cold_root, sendfile_chunk=budget)
+    try:
+        other, second = _client(h, "second")
+        h.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        other.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        h.loop.run_once()  # both heads out, both in line
+        movers = []
+        for _ in range(12):
+            before = (h.conn.sent, second.sent)
+            h.loop.run_once()
+            h._read_client()
+            _drain(other)
+            moved = (h.conn.sent - before[0], second.sent - before[1])
+            assert sum(moved) <= budget, moved
+            movers.append("".join(n for n, m in zip("ab", moved, strict=True) if m))
+        assert set(movers) <= {"a", "b"} and "aa" not in "".join(movers), movers
+        assert movers.count("a") >= 4 and movers.count("b") >= 4, movers
+    finally:
+        other.close()
+        h.close()
+
+
+def test_a_small_request_is_answered_before_long_transfers_move(cold_root: DocRoot) -> None:
+    warm(cold_root.path / "static" / "big.bin", 13 * MiB)
+    h = Harness(cold_root)
+    try:
+        hot, _ = _client(h, "small")
+        h.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        h.loop.run_once()
+        h._read_client()
+        assert h.conn.queued or h.conn.mask  # the download is in line or waits for room
+        seen: list[tuple[str, int]] = []
+        h.server.on_response = lambda conn: seen.append((conn.peer, h.conn.sent))
+        hot.sendall(b"GET /static/small.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(50):
+            at_start = h.conn.sent
+            h.loop.run_once()
+            h._read_client()
+            if seen:
+                break
+        # answered in its turn before the download moved, and the download moved after
+        assert seen == [("small", at_start)], (seen, at_start)
+        assert h.conn.sent > at_start
+        assert cold_root.content("/static/small.bin") in _drain(hot)
+    finally:
+        hot.close()
+        h.close()
 
 
 # -- end to end ------------------------------------------------------------------------
@@ -264,3 +321,15 @@ def test_the_path_each_response_took_is_recorded(harness: Harness, cold_root: Do
     harness.received.clear()
     _get(harness, "/dynamic/big.bin")  # above --directio: O_DIRECT
     assert harness.conn.path == "aio-direct"
+
+
+def test_a_long_body_socket_holds_little_unsent() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as srv,
+        socket.create_connection(srv.getsockname()) as tcp,
+    ):
+        transfer.hold_unsent(tcp)
+        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == transfer.UNSENT_MAX
+    a, b = socket.socketpair()  # no such option on a Unix socket: nothing raised
+    with a, b:
+        transfer.hold_unsent(a)

@@ -191,7 +191,7 @@ class Config:
     sendfile_chunk: int = option(
         1 << 20,
         parse=positive_int,
-        help="bytes one connection may send per loop turn (nginx's sendfile_max_chunk)",
+        help="bytes sent per loop turn: by a short body, or by all long ones together, in turn",
     )
     aio_chunk: int = option(
         1 << 20,  # measured best on 64 MiB files

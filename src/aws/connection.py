@@ -83,6 +83,7 @@ class Connection(Replaying, Sending):
         "peer",
         "pending",
         "pos",
+        "queued",
         "refused",
         "registered",
         "req",
@@ -127,7 +128,8 @@ class Connection(Replaying, Sending):
         self.sent = 0
         self.began = 0.0  # loop time the current response was decided (for its duration)
         self.corked = False
-        self.bulk = False  # a long transfer: counted in the worker's fair share of a turn
+        self.bulk = False  # a long transfer: it moves in the worker's fair turns
+        self.queued = False  # in their line, waiting for its share of a turn
         self.warm_to = 0  # the file is known to be in the page cache up to here
         # How the last body left, for the access log and metrics: "" (no body),
         # "sendfile", "mixed" (sendfile and AIO), "aio-direct" or "aio-buffered".

@@ -125,7 +125,7 @@ class Loop:
             try:
                 handler.on_event(mask)
             except Exception as exc:  # a worker never dies of one connection
-                self._handler_failed(handler, exc)
+                self.handler_failed(handler, exc)
         ready = self.ready
         for _ in range(len(ready)):
             callback = ready.popleft()
@@ -156,7 +156,8 @@ class Loop:
             except Exception:
                 log.exception("timer %r failed", callback)
 
-    def _handler_failed(self, handler: Handler, exc: Exception) -> None:
+    def handler_failed(self, handler: Handler, exc: Exception) -> None:
+        """A handler (or a call made for it) raised: log, and let it release what it holds."""
         log.error("handler %r failed: %r", handler, exc, exc_info=exc)
         try:
             handler.on_error(exc)

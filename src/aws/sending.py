@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from aws import respond, transfer
 from aws.aio import DynamicBody
-from aws.loop import EPOLLIN, EPOLLOUT
+from aws.loop import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT
 from aws.multipart import Cursor, MultipartBody
 from aws.states import AIO_WAIT, SEND_BUFFER, SEND_FILE, SEND_HEAD, State
 
@@ -56,6 +56,7 @@ class Sending:
     outq: int
     corked: bool
     bulk: bool
+    queued: bool
     warm_to: int
     path: str
     deadline: float | None
@@ -94,8 +95,8 @@ class Sending:
         self.sent = 0
         long = stop - start >= transfer.CORK_ABOVE
         if long:
-            self.bulk = True
-            server.bulk += 1
+            self.bulk = True  # it moves in the worker's fair turns (aws.turns)
+            transfer.hold_unsent(self.sock)
         if reply.way is respond.SENDFILE:
             self.path = "sendfile"
             if long:
@@ -176,36 +177,75 @@ class Sending:
             self._send_file(EPOLLOUT)
 
     def _send_file(self, events: int) -> None:
-        if self.parts is not None:
-            self._send_parts()
+        """SEND_FILE's event (EPOLLOUT), or the head is out: move file bytes now, or, for
+        a long transfer, take a place in the worker's line for a share of a turn."""
+        if self.bulk:
+            self._wait_turn(events)
+        else:
+            self._move_file(self.server.config.sendfile_chunk)
+
+    def _wait_turn(self, events: int) -> None:
+        """The socket can take bytes: wait for a share of a turn (:mod:`aws.turns`),
+        with no interest in EPOLLOUT meanwhile and no send deadline (the wait is ours)."""
+        turns = self.server.turns
+        if self.queued and events & (EPOLLERR | EPOLLHUP):
+            turns.leave(self)  # the client is gone: the next send says so and ends it
+            self.take_turn(transfer.MIN_SLICE)
             return
+        self._want(0)
+        self.deadline = None
+        turns.join(self)
+
+    def take_turn(self, budget: int) -> int:
+        """This connection's share of a turn: move at most ``budget`` bytes of the
+        long body, in whichever way it is going; returns how many moved."""
+        if self.state is SEND_FILE:
+            return self._move_file(budget)
+        if self.state is SEND_BUFFER:
+            return self._move_buffers(budget)
+        return 0  # no longer sending (it cannot be queued then, but cost nothing)
+
+    def _next_turn(self) -> None:
+        """The budget ran out before the socket filled: a long transfer goes to the back
+        of the line; a short one (a small --sendfile-chunk) comes back with EPOLLOUT."""
+        if self.bulk:
+            self.server.turns.join(self)
+        else:
+            self._block()
+
+    def _move_file(self, budget: int) -> int:
+        if self.parts is not None:
+            return self._move_parts(budget)
         res = self.res
         assert res is not None
-        pos = self.pos
+        begin = pos = self.pos
         stop = self.stop
-        if pos >= self.warm_to:
-            warm = transfer.warm_until(res.fd, pos, stop)
-            if warm == pos:
-                self._read_cold()
-                return
-            self.warm_to = warm
-        server = self.server
-        # Fair turns: long transfers share one turn's budget, so a small request waits
-        # behind at most ~sendfile_chunk bytes of other people's downloads per turn.
-        share = server.config.sendfile_chunk
-        if server.bulk > 1:
-            share = max(transfer.MIN_SLICE, share // server.bulk)
-        try:
-            new = transfer.sendfile(self.fd, res.fd, pos, self.warm_to, share)
-        except transfer.TransferFailed as exc:
-            self._failed_transfer(exc)
-            return
-        self.sent += new - pos
-        self.pos = new
-        if new < stop:
-            self._block()  # level-triggered: back next turn, asking again past warm_to
-        else:
-            self._finish()
+        while True:
+            if pos >= self.warm_to:
+                warm = transfer.warm_until(res.fd, pos, stop)
+                if warm == pos:
+                    self._read_cold()
+                    return pos - begin
+                self.warm_to = warm
+            end = self.warm_to
+            try:
+                new = transfer.sendfile(self.fd, res.fd, pos, end, budget)
+            except transfer.TransferFailed as exc:
+                self._failed_transfer(exc)
+                return pos - begin + exc.moved
+            moved = new - pos
+            self.sent += moved
+            self.pos = pos = new
+            budget -= moved
+            if new >= stop:
+                self._finish()
+            elif budget <= 0:
+                self._next_turn()
+            elif new < end:
+                self._block()  # EAGAIN: the socket is full
+            else:
+                continue  # the end of what the page cache was known to hold: ask again
+            return new - begin
 
     def _read_cold(self) -> None:
         """The next range is not in the page cache: read it by AIO and send it from the
@@ -228,22 +268,23 @@ class Sending:
         self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
         self.body = DynamicBody(server.aio, self, dfd, self.pos, end, depth)
 
-    def _send_parts(self) -> None:
+    def _move_parts(self, budget: int) -> int:
         res = self.res
         assert res is not None and self.parts is not None
         try:
-            outcome, sent = transfer.send_parts(
-                self.sock, res.fd, self.parts, self.server.config.sendfile_chunk
-            )
+            outcome, sent = transfer.send_parts(self.sock, res.fd, self.parts, budget)
         except transfer.TransferFailed as exc:
             self._failed_transfer(exc)
-            return
+            return exc.moved
         self.sent += sent
         if outcome is transfer.DONE:
             self.parts = None
             self._finish()
+        elif sent >= budget:
+            self._next_turn()
         else:
             self._block()
+        return sent
 
     def on_body_ready(self) -> None:
         """The AIO read the response is waiting for has completed."""
@@ -252,22 +293,27 @@ class Sending:
             self._send_buffers(EPOLLOUT)
 
     def _send_buffers(self, events: int) -> None:
+        """SEND_BUFFER's event (EPOLLOUT), or a read completed: as :meth:`_send_file`."""
+        if self.bulk:
+            self._wait_turn(events)
+        else:
+            self._move_buffers(self.server.config.sendfile_chunk)
+
+    def _move_buffers(self, budget: int) -> int:
         body = self.body
         assert body is not None
-        server = self.server
-        share = server.config.sendfile_chunk
-        if server.bulk > 1:
-            share = max(transfer.MIN_SLICE, share // server.bulk)
         try:
-            outcome, self.out, sent = transfer.send_buffers(self.sock, body, self.out, share)
+            outcome, self.out, sent = transfer.send_buffers(self.sock, body, self.out, budget)
         except transfer.TransferFailed as exc:
             self._failed_transfer(exc)
-            return
+            return exc.moved
         self.sent += sent
-        self._buffers_sent(outcome, body)
+        self._buffers_sent(outcome, body, sent >= budget)
+        return sent
 
-    def _buffers_sent(self, outcome: str, body: DynamicBody) -> None:
-        """What follows a send of AIO buffers, whichever socket took them."""
+    def _buffers_sent(self, outcome: str, body: DynamicBody, spent: bool = False) -> None:
+        """What follows a send of AIO buffers, whichever socket took them (``spent``:
+        the budget ran out, not the socket's room)."""
         if outcome is transfer.DONE:
             if self.path == "mixed" and body.end < self.stop:  # a cold range went out
                 self.pos = body.end
@@ -278,7 +324,10 @@ class Sending:
                 return
             self._finish()
         elif outcome is transfer.BLOCKED:
-            self._block()
+            if spent:
+                self._next_turn()
+            else:
+                self._block()
         else:
             self._to(AIO_WAIT)
             self.deadline = None  # the disk is ours to wait for, not the client's fault
@@ -293,7 +342,7 @@ class Sending:
     def _release_body(self) -> None:
         if self.bulk:
             self.bulk = False
-            self.server.bulk -= 1
+            self.server.turns.leave(self)
         res = self.res
         if res is not None:
             self.res = None

@@ -29,6 +29,7 @@ from aws.metrics import BUCKETS, HIST, SUM_US, response_cells
 from aws.respond import AIO, SENDFILE
 from aws.tls_connection import TlsConnection, TlsSide
 from aws.transfer import MIN_SLICE
+from aws.turns import Turns
 
 if TYPE_CHECKING:
     from aws.metrics import WorkerCounters
@@ -89,7 +90,8 @@ class Server:
         self.conns: set[Connection] = set()
         self.draining = False
         self.keep_promised = False
-        self.bulk = 0  # long transfers in progress (they share each turn's byte budget)
+        # Long transfers take one turn's byte budget in order (aws.turns).
+        self.turns = Turns(loop, config.sendfile_chunk)
         # The fast path for a repeated request (Connection._replay): bodies up to this
         # long, all sent in one turn whatever the fair share (0: off).
         self.replay = Replay(RECV_SIZE, MIN_SLICE)

@@ -23,7 +23,7 @@ from aiobind.buffers import BufferPool
 from aws import heads, respond, tls, transfer
 from aws.connection import ON_EVENT, RECV_SIZE, Connection, Worker
 from aws.loop import EPOLLIN, EPOLLOUT
-from aws.states import HANDSHAKE, READ_HEAD, SEND_BUFFER, SEND_FILE, SEND_HEAD, State
+from aws.states import HANDSHAKE, READ_HEAD, SEND_HEAD, State
 
 if TYPE_CHECKING:
     from aws.config import Config
@@ -245,10 +245,9 @@ class TlsConnection(Connection):
             self.out = self.stage.put_head(self.out)
         super()._send_head(events)
 
-    def _send_file(self, events: int) -> None:
+    def _move_file(self, budget: int) -> int:
         if self.ktls:
-            super()._send_file(events)  # the kernel encrypts what sendfile moves
-            return
+            return super()._move_file(budget)  # the kernel encrypts what sendfile moves
         res, stage = self.res, self.stage
         assert res is not None and stage is not None
         start = self.pos
@@ -259,19 +258,22 @@ class TlsConnection(Connection):
                 res.fd,
                 start,
                 self.stop,
-                self.server.config.sendfile_chunk,
+                budget,
             )
         except transfer.TransferFailed as exc:
             self._failed_transfer(exc)
-            return
+            return exc.moved
         self.sent += pos - start
         self.pos = pos
-        if pos < self.stop:
-            self._block()
-        else:
+        if pos >= self.stop:
             self._finish()
+        elif pos - start >= budget:
+            self._next_turn()
+        else:
+            self._block()
+        return pos - start
 
-    def _send_buffers(self, events: int) -> None:
+    def _move_buffers(self, budget: int) -> int:
         body = self.body
         assert body is not None
         try:
@@ -279,13 +281,14 @@ class TlsConnection(Connection):
                 self.sock,  # type: ignore[arg-type]
                 body,
                 self.out,
-                self.server.config.sendfile_chunk,
+                budget,
             )
         except transfer.TransferFailed as exc:
             self._failed_transfer(exc)
-            return
+            return exc.moved
         self.sent += sent
-        self._buffers_sent(outcome, body)
+        self._buffers_sent(outcome, body, sent >= budget)
+        return sent
 
     def _start_parts(self, reply: respond.Reply) -> None:
         if not self.ktls and reply.way is respond.PARTS_SENDFILE:
@@ -310,6 +313,4 @@ TLS_ON_EVENT: dict[State, Callable[[TlsConnection, int], None]] = {
     HANDSHAKE: TlsConnection._handshake,
     READ_HEAD: TlsConnection._on_readable,
     SEND_HEAD: TlsConnection._send_head,
-    SEND_FILE: TlsConnection._send_file,
-    SEND_BUFFER: TlsConnection._send_buffers,
 }

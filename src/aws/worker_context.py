@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from aws.files import FileCache
     from aws.heads import DateCache
     from aws.loop import Loop
+    from aws.turns import Turns
 
 
 class Worker(Protocol):
@@ -29,7 +30,7 @@ class Worker(Protocol):
     aio: AioReader
     caches: Mapping[bytes | None, FileCache]
     draining: bool
-    bulk: int  # long transfers in progress: they share each loop turn's byte budget
+    turns: Turns  # long transfers take each loop turn's byte budget in order
     # Draining for a reload: a response sent as keep-alive keeps that promise for one
     # more request (answered with Connection: close) instead of a close under the client.
     keep_promised: bool
