@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import resource
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,3 +261,28 @@ def test_cold_downloads_only_reports_the_cost_of_a_mib() -> None:
     assert "core 0.500 ms/MiB" in text
     total, idle = cold.core_times("0")
     assert total > 0 and 0 <= idle <= total
+
+
+def test_cold_paced_case_hands_wrk_a_delay_and_is_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[list[str]] = []
+    wrk_out = (
+        "  Latency   300.00us  100.00us   2.00ms   90.00%\n"
+        "  Latency Distribution\n     50%  250.00us\n     75%  300.00us\n"
+        "     90%  400.00us\n     99%  900.00us\nRequests/sec:   1900.50\n"
+    )
+
+    def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, wrk_out, "")
+
+    monkeypatch.setattr(cold.subprocess, "run", run)
+    pace = tmp_path / "pace.lua"
+    pace.write_text(f"function delay()\n  return {cold.PACE_MS}\nend\n")
+    assert cold.run_wrk(1234, 8, pace) == (1900.5, 0.25, 0.9, 2.0)
+    assert seen[0][seen[0].index("-s") + 1] == str(pace)
+    cold.run_wrk(1234, 8)
+    assert "-s" not in seen[1]
+    row = cold.report({(cold.PACED, "aws"): [cold.Cell(1.0, 1.0, 1.0, 1.0, 2.0, None)]}, ["aws"], 1)
+    assert "| cached-paced | aws |" in row and f"waiting {cold.PACE_MS} ms" in row

@@ -44,6 +44,14 @@ CASES = ("none", "cached", "evicted")
 # Not in the scenario, asked for by name: the cached downloads with no hot client,
 # to read what they cost the server's core per MiB (the cached case's download bar).
 DOWNLOADS_ONLY = "downloads"
+# Also asked for by name: the cached case with the hot client paced (each of wrk's
+# connections waits PACE_MS after every answer), so that every server gets about the
+# same small requests to answer and the downloads compare at equal work. wrk is a
+# closed loop: unpaced, a server that answers in 0.3 ms is asked ~18x as often as one
+# that answers in 6 ms, and those answers take their share of the one core.
+PACED = "cached-paced"
+PACE_MS = 5
+EXTRA_CASES = (DOWNLOADS_ONLY, PACED)
 SERVERS = ("aws", "nginx", "nginx-aio-threads")
 RESIDUE = [0]  # the most of one big file left in the page cache when "evicted" began
 SHORTFALL = [0]  # the most of one big file missing from the page cache when "cached" began
@@ -234,10 +242,14 @@ class Downloads:
                     return  # stopped mid-body: the connection is dropped with the thread
 
 
-def run_wrk(port: int, duration: int) -> tuple[float, float, float, float]:
+def run_wrk(
+    port: int, duration: int, pace: Path | None = None
+) -> tuple[float, float, float, float]:
+    script = ("-s", str(pace)) if pace is not None else ()
     out = subprocess.run(
         [
             *("taskset", "-c", CLIENT_CPU, "wrk", "-t1", "-c10", f"-d{duration}s", "--latency"),
+            *script,
             f"http://127.0.0.1:{port}/static/hot.bin",
         ],
         capture_output=True,
@@ -262,7 +274,7 @@ def run_wrk(port: int, duration: int) -> tuple[float, float, float, float]:
 
 def measure(name: str, case: str, root: Path, tmp: Path, duration: int) -> Cell:
     files = sorted((root / "static").glob("big*.bin"))
-    if case in ("cached", DOWNLOADS_ONLY):
+    if case in ("cached", PACED, DOWNLOADS_ONLY):
         for path in files:
             # This VM's kernel reclaims page cache on its own (DAMON): a file read once
             # may have lost a few pages by the time fincore looks. Read it again, and
@@ -290,9 +302,14 @@ def measure(name: str, case: str, root: Path, tmp: Path, duration: int) -> Cell:
     with server(name, root, tmp) as port:
         mport = _METRICS_PORT.get(port)
 
+        pace = None
+        if case == PACED:
+            pace = tmp / "pace.lua"
+            pace.write_text(f"function delay()\n  return {PACE_MS}\nend\n")
+
         def hot() -> tuple[float, float, float, float, float | None]:
             before = _turn_buckets(mport) if mport else []
-            rps, p50, p99, lat_max = run_wrk(port, duration)
+            rps, p50, p99, lat_max = run_wrk(port, duration, pace)
             if not mport:
                 return rps, p50, p99, lat_max, None
             time.sleep(0.3)  # one metrics sweep (0.25 s) after the last turn
@@ -339,7 +356,7 @@ def report(cells: dict[tuple[str, str], list[Cell]], servers: list[str], rounds:
         "| loop turn p99 ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for case in (*CASES, DOWNLOADS_ONLY):
+    for case in (*CASES, *EXTRA_CASES):
         for name in servers:
             runs = cells.get((case, name), [])
             if not runs:
@@ -375,6 +392,11 @@ def report(cells: dict[tuple[str, str], list[Cell]], servers: list[str], rounds:
         "and its own place in the next; what wrk reports beyond that was added outside "
         "the server, on the client core the download threads share.",
         "",
+        f"{PACED} (when run): the cached case with each wrk connection waiting {PACE_MS} ms "
+        "after every answer (a wrk `delay()`), so every server answers about the same few "
+        "small requests and the downloads compare at equal work. wrk's latencies leave "
+        "the delay out.",
+        "",
         "Every round:",
         "",
     ]
@@ -399,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         "--cases",
         nargs="+",
         default=list(CASES),
-        choices=(*CASES, DOWNLOADS_ONLY),
-        help=f"{DOWNLOADS_ONLY!r}: the cached downloads alone, with their cost per MiB",
+        choices=(*CASES, *EXTRA_CASES),
+        help=f"also {DOWNLOADS_ONLY!r}: the cached downloads alone, with their cost per MiB; "
+        f"{PACED!r}: the cached case with wrk paced ({PACE_MS} ms between a connection's "
+        "requests), the downloads at equal small-request work",
     )
     args = p.parse_args(argv)
     ensure_tools()
