@@ -333,3 +333,33 @@ def test_a_long_body_socket_holds_little_unsent() -> None:
     a, b = socket.socketpair()  # no such option on a Unix socket: nothing raised
     with a, b:
         transfer.hold_unsent(a)
+
+
+def test_a_download_whose_client_hangs_up_while_in_line_ends(cold_root: DocRoot) -> None:
+    warm(cold_root.path / "static" / "big.bin", 13 * MiB)
+    h = Harness(cold_root, sendfile_chunk=64 * 1024)
+    try:
+        other, second = _client(h, "second")
+        h.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        other.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        for _ in range(3):
+            h.loop.run_once()
+            h._read_client()
+            _drain(other)
+        waiting = second if second.queued else h.conn
+        assert waiting.queued and waiting.mask == 0  # in line, not asking epoll for room
+        (other if waiting is second else h.client).close()
+        for _ in range(20):
+            h.loop.run_once()
+            if waiting.state.name == "CLOSED":
+                break
+            if waiting is second:
+                h._read_client()
+            else:
+                _drain(other)
+        assert waiting.state.name == "CLOSED" and not waiting.queued
+        assert waiting not in h.server.turns.line
+    finally:
+        with contextlib.suppress(OSError):
+            other.close()
+        h.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import tempfile
 
 import pytest
 
+from aiobind.buffers import BufferPool
 from aws import transfer
 
 MiB = 1 << 20
@@ -74,3 +76,39 @@ def test_send_buffers_counts_what_went_before_a_failure() -> None:
             transfer.send_buffers(server, Breaking(), b"", 1 << 20)  # type: ignore[arg-type]
         assert info.value.moved == 1000 and info.value.file_changed
         assert client.recv(4096) == b"a" * 1000
+
+
+class _SslSink:
+    """An SSL socket's send: takes everything, or blocks once ``room`` is used up."""
+
+    def __init__(self, room: int = 1 << 40) -> None:
+        self.room, self.took = room, 0
+
+    def send(self, data: memoryview) -> int:
+        if self.took + len(data) > self.room:
+            raise ssl.SSLWantWriteError()
+        self.took += len(data)
+        return len(data)
+
+
+def test_ssl_sendfile_tells_a_spent_budget_from_a_full_socket() -> None:
+    """The staged head counts against the budget, so file bytes alone never reach it:
+    the caller must learn from the call whether SSL blocked, not from the count."""
+    pool = BufferPool(256 * 1024, keep=1)
+    fd, path = tempfile.mkstemp()
+    try:
+        os.write(fd, os.urandom(2 * MiB))
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2097152\r\n\r\n"
+        stage = transfer.Stage(pool.acquire())
+        assert stage.put_head(head) == b""
+        sink = _SslSink()
+        pos, blocked = transfer.ssl_sendfile(sink, stage, fd, 0, 2 * MiB, 512 * 1024)  # type: ignore[arg-type]
+        assert not blocked and sink.took == 512 * 1024 and pos == 512 * 1024 - len(head)
+        full = _SslSink(room=100 * 1024)
+        pos2, blocked = transfer.ssl_sendfile(full, stage, fd, pos, 2 * MiB, 512 * 1024)  # type: ignore[arg-type]
+        assert blocked and pos2 == pos  # the chunk stays staged for the same SSL_write
+        pos3, blocked = transfer.ssl_sendfile(sink, stage, fd, pos2, 2 * MiB, 8 * MiB)  # type: ignore[arg-type]
+        assert not blocked and pos3 == 2 * MiB
+    finally:
+        os.close(fd)
+        os.unlink(path)

@@ -103,3 +103,17 @@ def test_a_mover_that_raises_is_ended_and_the_others_go_on(
     assert [type(e) for e in broken.errors] == [RuntimeError]
     assert fine.shares == [100] and not turns
     assert "failed" in caplog.text
+
+
+def test_a_sliver_of_budget_ends_the_round(loop: Loop) -> None:
+    """What is left below ``least`` is not handed on: it would cost the next mover a
+    call and its place in line for a few bytes."""
+    turns = Turns(loop, 100, least=30)
+    nearly = Mover(turns, "nearly", 1000, room=80)  # its socket fills 20 short
+    nxt = Mover(turns, "next", 1000)
+    turns.join(nearly)
+    turns.join(nxt)
+    loop.run_once()
+    assert nearly.shares == [80] and nxt.shares == [] and nxt.queued
+    loop.run_once()
+    assert nxt.shares == [100]

@@ -188,9 +188,10 @@ class Sending:
         """The socket can take bytes: wait for a share of a turn (:mod:`aws.turns`),
         with no interest in EPOLLOUT meanwhile and no send deadline (the wait is ours)."""
         turns = self.server.turns
-        if self.queued and events & (EPOLLERR | EPOLLHUP):
+        if events & (EPOLLERR | EPOLLHUP):
             turns.leave(self)  # the client is gone: the next send says so and ends it
-            self.take_turn(transfer.MIN_SLICE)
+            if not self.take_turn(transfer.MIN_SLICE) and self.state in (SEND_FILE, SEND_BUFFER):
+                self._abort("the socket reported an error or a hang-up")
             return
         self._want(0)
         self.deadline = None

@@ -91,7 +91,7 @@ class Server:
         self.draining = False
         self.keep_promised = False
         # Long transfers take one turn's byte budget in order (aws.turns).
-        self.turns = Turns(loop, config.sendfile_chunk)
+        self.turns = Turns(loop, config.sendfile_chunk, MIN_SLICE)
         # The fast path for a repeated request (Connection._replay): bodies up to this
         # long, all sent in one turn whatever the fair share (0: off).
         self.replay = Replay(RECV_SIZE, MIN_SLICE)

@@ -252,7 +252,7 @@ class TlsConnection(Connection):
         assert res is not None and stage is not None
         start = self.pos
         try:
-            pos = transfer.ssl_sendfile(
+            pos, blocked = transfer.ssl_sendfile(
                 self.sock,  # type: ignore[arg-type]
                 stage,
                 res.fd,
@@ -267,10 +267,10 @@ class TlsConnection(Connection):
         self.pos = pos
         if pos >= self.stop:
             self._finish()
-        elif pos - start >= budget:
-            self._next_turn()
-        else:
+        elif blocked:
             self._block()
+        else:
+            self._next_turn()
         return pos - start
 
     def _move_buffers(self, budget: int) -> int:

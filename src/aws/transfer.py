@@ -338,10 +338,11 @@ class Stage:
 
 def ssl_sendfile(
     sock: ssl.SSLSocket, stage: Stage, fd: int, pos: int, stop: int, budget: int
-) -> int:
+) -> tuple[int, bool]:
     """Read ``[pos, stop)`` of ``fd`` chunk by chunk into ``stage`` and write each through
-    SSL, at most about ``budget`` bytes this turn; returns the position of the first file
-    byte not yet taken by SSL (``stop`` when done: the stage is then empty)."""
+    SSL, at most about ``budget`` bytes this turn (the staged head counts). Returns the
+    position of the first file byte not yet taken by SSL (``stop`` when done: the stage
+    is then empty), and whether SSL could take no more (False: done, or budget spent)."""
     mem = stage.mem
     preadv = os.preadv
     begin = pos
@@ -360,11 +361,11 @@ def ssl_sendfile(
             stage.filled = start + n
             stage.body = n
         if stage.sent == stage.filled:
-            return pos  # only when pos == stop: every turn leaves with bytes staged
+            return pos, False  # only when pos == stop: every turn leaves with bytes staged
         try:
             n = sock.send(mem[stage.sent : stage.filled])
         except _SSL_BLOCKED:
-            return pos
+            return pos, True
         except OSError as exc:
             raise TransferFailed(f"TLS send failed: {exc}", moved=pos - begin) from None
         stage.sent += n
@@ -374,7 +375,7 @@ def ssl_sendfile(
         pos += stage.body
         stage.filled = stage.sent = stage.body = 0
         if pos >= stop or budget <= 0:
-            return pos
+            return pos, False
 
 
 def ssl_send_buffers(

@@ -32,9 +32,12 @@ class Mover(Handler, Protocol):
 
 
 class Turns:
-    def __init__(self, loop: Loop, budget: int) -> None:
+    def __init__(self, loop: Loop, budget: int, least: int = 0) -> None:
         self.loop = loop
         self.budget = budget
+        # What is left of a budget below this ends the round: a sliver would cost its
+        # mover a call and its place in line for a few bytes.
+        self.least = max(1, min(least, budget))
         self.line: deque[Mover] = deque()
         self.posted = False
 
@@ -61,7 +64,8 @@ class Turns:
         self.posted = False
         line = self.line
         left = self.budget
-        while line and left > 0:
+        least = self.least
+        while line and left >= least:
             mover = line.popleft()
             mover.queued = False
             try:
