@@ -20,6 +20,7 @@ import pytest
 import requests
 
 import aiobind
+from aiobind.pagecache import pages
 from aws import transfer
 from tests.conftest import DocRoot, make_content, start_server, stop_server
 from tests.test_connection_states import Harness, RecordingConnection
@@ -162,17 +163,48 @@ def test_a_body_cold_at_the_start_goes_back_to_sendfile_where_it_is_warm(
     assert not harness.server.turns
 
 
+def _lost_elsewhere(path: Path, hole: tuple[int, int]) -> bool:
+    """Whether the page cache lost pages of ``path`` outside ``hole`` (this VM's kernel
+    reclaims on its own, and a full suite on two cores leaves it little to spare)."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        off, length = hole
+        for start, stop in ((0, off), (off + length, size)):
+            if aiobind.cachestat(fd, start, stop - start).cache < pages(start, stop - start):
+                return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def _warm_but(path: Path, hole: tuple[int, int]) -> None:
+    """Read back what reclaim took, leaving ``hole`` as it is."""
+    off, length = hole
+    with open(path, "rb") as f:
+        f.read(off)
+        f.seek(off + length)
+        f.read()
+
+
 def test_a_small_hole_is_read_alone_and_asked_back_into_the_page_cache(
     harness: Harness, cold_root: DocRoot
 ) -> None:
     """A cached file that lost a few pages (reclaim): AIO reads only the hole, sendfile
-    the rest, and the hole is asked back so the next download stays on sendfile."""
+    the rest, and the hole is asked back so the next download stays on sendfile. A run
+    during which the kernel reclaimed other pages of the file is run again (3 times at
+    most): those would be holes too, and read by AIO as they should."""
     path = cold_root.path / "static" / "big.bin"
-    _cached_but(path, (6 * MiB, 64 * 1024))
-    assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
-    names = " ".join(s.name for s in harness.conn.trace)
+    hole = (6 * MiB, 64 * 1024)
+    for _ in range(3):
+        _cached_but(path, hole)
+        harness.conn.trace.clear()
+        assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
+        names = " ".join(s.name for s in harness.conn.trace)
+        if names.count("AIO_WAIT") == 1 or not _lost_elsewhere(path, hole):
+            break
     assert "SEND_FILE AIO_WAIT SEND_BUFFER SEND_FILE" in names, names
-    assert names.count("AIO_WAIT") == 1 and harness.conn.path == "mixed"
+    assert names.count("AIO_WAIT") == 1 and harness.conn.path == "mixed", names
     fd = os.open(path, os.O_RDONLY)
     try:
         deadline = time.monotonic() + 10
@@ -181,9 +213,14 @@ def test_a_small_hole_is_read_alone_and_asked_back_into_the_page_cache(
             time.sleep(0.01)
     finally:
         os.close(fd)
-    harness.conn.trace.clear()
-    assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
-    assert "AIO_WAIT" not in " ".join(s.name for s in harness.conn.trace)
+    for _ in range(3):
+        harness.conn.trace.clear()
+        assert _get(harness, "/static/big.bin") == cold_root.content("/static/big.bin")
+        names = " ".join(s.name for s in harness.conn.trace)
+        if "AIO_WAIT" not in names or not _lost_elsewhere(path, hole):
+            break
+        _warm_but(path, hole)
+    assert "AIO_WAIT" not in names, names
 
 
 def test_a_warm_body_never_leaves_sendfile(harness: Harness, cold_root: DocRoot) -> None:
