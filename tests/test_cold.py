@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 import aiobind
 from aiobind.pagecache import pages
 from aws import transfer
+from aws.metrics import Shared, WorkerCounters, render
 from tests.conftest import DocRoot, make_content, start_server, stop_server
 from tests.test_connection_states import Harness, RecordingConnection
 
@@ -399,4 +401,29 @@ def test_a_download_whose_client_hangs_up_while_in_line_ends(cold_root: DocRoot)
     finally:
         with contextlib.suppress(OSError):
             other.close()
+        h.close()
+
+
+def test_the_line_is_a_gauge(cold_root: DocRoot) -> None:
+    warm(cold_root.path / "static" / "big.bin", 13 * MiB)
+    shared = Shared(1)
+    slot = shared.claim(0)
+    assert slot is not None
+    shared.bind(slot, os.getpid())
+    counters = WorkerCounters(shared.live(slot))
+    h = Harness(cold_root, counters=counters, sendfile_chunk=64 * 1024)
+    try:
+        other, _ = _client(h, "second")
+        h.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        other.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        h.loop.run_once()
+        h.loop.run_once()
+        waiting = len(h.server.turns)
+        assert waiting >= 1  # one budget a turn: the other download waits its turn
+        counters.sample()
+        families = {f.name: f for f in text_string_to_metric_families(render(shared.snapshot()))}
+        [sample] = families["aws_transfers_in_line"].samples
+        assert sample.labels == {"worker": "0"} and sample.value == waiting
+        other.close()
+    finally:
         h.close()

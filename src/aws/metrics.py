@@ -55,7 +55,8 @@ SUM_US = HIST + len(BUCKETS) + 1
 CONNECTIONS = SUM_US + 1  # gauges from here on: not folded on exit
 AIO_IN_FLIGHT = CONNECTIONS + 1
 AIO_QUEUED = AIO_IN_FLIGHT + 1
-REFUSED = AIO_QUEUED + 1  # counters again, added to by the sweep
+IN_LINE = AIO_QUEUED + 1  # long transfers waiting for their share of a turn (aws.turns)
+REFUSED = IN_LINE + 1  # counters again, added to by the sweep
 ACCEPT_PAUSES = REFUSED + 1
 CACHE_HITS = ACCEPT_PAUSES + 1  # open-file cache, both prefixes
 CACHE_MISSES = CACHE_HITS + 1
@@ -148,6 +149,7 @@ class WorkerCounters:
         cells[CONNECTIONS] = sum(len(s.conns) for s in servers)
         cells[AIO_IN_FLIGHT] = sum(s.aio.ctx.in_flight for s in servers)
         cells[AIO_QUEUED] = sum(len(s.aio.backlog) for s in servers)
+        cells[IN_LINE] = sum(len(s.turns) for s in servers)
         for s in servers:  # counters: add what is new since the last sample
             reported = s.reported
             hits = s.static.hits + s.dynamic.hits
@@ -375,6 +377,7 @@ def _render(snap: Snapshot) -> Iterator[str]:
         (CONNECTIONS, "aws_connections_open", "Client connections open."),
         (AIO_IN_FLIGHT, "aws_aio_reads_in_flight", "AIO reads submitted and not yet reaped."),
         (AIO_QUEUED, "aws_aio_reads_queued", "AIO reads waiting for a free context slot."),
+        (IN_LINE, "aws_transfers_in_line", "Long transfers waiting for their share of a turn."),
     ):
         yield _family(metric, "gauge", help)
         for w in workers:
