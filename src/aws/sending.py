@@ -174,15 +174,16 @@ class Sending:
             self._finish()
         else:
             self._to(SEND_FILE)
-            self._send_file(EPOLLOUT)
+            self._send_body(EPOLLOUT)
 
-    def _send_file(self, events: int) -> None:
-        """SEND_FILE's event (EPOLLOUT), or the head is out: move file bytes now, or, for
-        a long transfer, take a place in the worker's line for a share of a turn."""
+    def _send_body(self, events: int) -> None:
+        """SEND_FILE's and SEND_BUFFER's event (EPOLLOUT), or the body can start: move its
+        bytes now, or, for a long transfer, take a place in the worker's line for a share
+        of a turn."""
         if self.bulk:
             self._wait_turn(events)
         else:
-            self._move_file(self.server.config.sendfile_chunk)
+            self.take_turn(self.server.config.sendfile_chunk)
 
     def _wait_turn(self, events: int) -> None:
         """The socket can take bytes: wait for a share of a turn (:mod:`aws.turns`),
@@ -198,13 +199,13 @@ class Sending:
         turns.join(self)
 
     def take_turn(self, budget: int) -> int:
-        """This connection's share of a turn: move at most ``budget`` bytes of the
-        long body, in whichever way it is going; returns how many moved."""
+        """Move at most ``budget`` bytes of the body, in whichever way it is going (a
+        long body's share of a turn); returns how many moved."""
         if self.state is SEND_FILE:
             return self._move_file(budget)
         if self.state is SEND_BUFFER:
             return self._move_buffers(budget)
-        return 0  # no longer sending (it cannot be queued then, but cost nothing)
+        return 0  # no longer sending: nothing to move
 
     def _next_turn(self) -> None:
         """The budget ran out before the socket filled: a long transfer goes to the back
@@ -256,7 +257,7 @@ class Sending:
         dfd = res.direct_fd()
         if dfd < 0:  # no O_DIRECT on this file system: sendfile it, waiting if it must
             self.warm_to = self.stop
-            self._send_file(EPOLLOUT)
+            self._send_body(EPOLLOUT)
             return
         server = self.server
         depth = server.config.aio_depth
@@ -291,14 +292,7 @@ class Sending:
         """The AIO read the response is waiting for has completed."""
         if self.state is AIO_WAIT:
             self._to(SEND_BUFFER)
-            self._send_buffers(EPOLLOUT)
-
-    def _send_buffers(self, events: int) -> None:
-        """SEND_BUFFER's event (EPOLLOUT), or a read completed: as :meth:`_send_file`."""
-        if self.bulk:
-            self._wait_turn(events)
-        else:
-            self._move_buffers(self.server.config.sendfile_chunk)
+            self._send_body(EPOLLOUT)
 
     def _move_buffers(self, budget: int) -> int:
         body = self.body
@@ -312,7 +306,7 @@ class Sending:
         self._buffers_sent(outcome, body, sent >= budget)
         return sent
 
-    def _buffers_sent(self, outcome: str, body: DynamicBody, spent: bool = False) -> None:
+    def _buffers_sent(self, outcome: str, body: DynamicBody, spent: bool) -> None:
         """What follows a send of AIO buffers, whichever socket took them (``spent``:
         the budget ran out, not the socket's room)."""
         if outcome is transfer.DONE:
@@ -321,7 +315,7 @@ class Sending:
                 body.close()
                 self.body = None
                 self._to(SEND_FILE)
-                self._send_file(EPOLLOUT)
+                self._send_body(EPOLLOUT)
                 return
             self._finish()
         elif outcome is transfer.BLOCKED:
