@@ -68,6 +68,13 @@ class DocRoot:
     def content(self, url_path: str) -> bytes:
         return self.contents[url_path]
 
+    def warm(self, *url_paths: str) -> None:
+        """Read these files into the page cache. A test that checks which way a small
+        /dynamic/ body went needs it: the session's files sit idle for minutes, this
+        VM's kernel reclaims them, and the server then reads a cold one with O_DIRECT."""
+        for url_path in url_paths:
+            (self.path / url_path.lstrip("/")).read_bytes()
+
 
 @pytest.fixture(scope="session")
 def docroot(tmp_path_factory: pytest.TempPathFactory) -> DocRoot:
