@@ -69,11 +69,19 @@ class DocRoot:
         return self.contents[url_path]
 
     def warm(self, *url_paths: str) -> None:
-        """Read these files into the page cache. A test that checks which way a small
-        /dynamic/ body went needs it: the session's files sit idle for minutes, this
-        VM's kernel reclaims them, and the server then reads a cold one with O_DIRECT."""
+        """Read these files into the page cache. A test that checks which way a body
+        went needs it: the session's files sit idle for minutes, this VM's kernel
+        reclaims them, and the server reads a cold one by AIO with O_DIRECT (a small
+        /dynamic/ file goes aio-direct, a /static/ one mixed)."""
         for url_path in url_paths:
             (self.path / url_path.lstrip("/")).read_bytes()
+
+    def warm_small(self, limit: int = 2 << 20) -> None:
+        """:meth:`warm` every file of the prefixes up to ``limit`` bytes (a few ms)."""
+        for prefix in ("static", "dynamic"):
+            for path in (self.path / prefix).rglob("*"):
+                if path.is_file() and not path.is_symlink() and path.stat().st_size <= limit:
+                    path.read_bytes()
 
 
 @pytest.fixture(scope="session")

@@ -212,6 +212,7 @@ class Harness:
 
 @pytest.fixture
 def harness(docroot: DocRoot) -> Iterator[Harness]:
+    docroot.warm_small()  # the traces below are of cached files: a cold one goes by AIO
     h = Harness(docroot)
     yield h
     h.close()
