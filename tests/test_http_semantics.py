@@ -141,6 +141,23 @@ def test_http10(server: ServerProcess) -> None:
             assert (status, body, headers["connection"]) == (200, b"hello\n", "keep-alive")
 
 
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_a_later_http1_minor_version_is_served_as_http11(
+    server: ServerProcess, prefix: str
+) -> None:
+    # RFC 9112 2.3: HTTP/1.2 is processed (and answered) as 1.1, keep-alive included.
+    with RawClient(server.addr) as c:
+        for _ in range(2):
+            c.send(req("GET", f"/{prefix}/hello.txt", version="1.2"))
+            status, headers, body = c.response()
+            assert (status, body) == (200, b"hello\n")
+            assert headers.get("connection") != "close"
+    raw = http_get(
+        server.addr, req("GET", f"/{prefix}/hello.txt", "Connection: close", version="1.9")
+    )
+    assert raw.startswith(b"HTTP/1.1 200 ")
+
+
 # -- 206 and 416 ---------------------------------------------------------------------------------
 
 RANGES = {

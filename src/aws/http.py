@@ -224,10 +224,10 @@ def _parse_slowly(head: bytes) -> Request:
 
 
 def _version(major: bytes, minor: bytes) -> int:
-    # Only 1.0 and 1.1 are served: RFC 9112 2.3 would let us treat a future 1.x as 1.1,
-    # but a version nobody speaks is more likely a probe or a broken client, and 505
-    # says exactly what happened.
-    if major == b"1" and minor in (b"0", b"1"):
+    # RFC 9112 2.3: a minor version above ours is processed as the highest we speak, so a
+    # client that says HTTP/1.2 is served as HTTP/1.1 (and answered as 1.1), as nginx
+    # does. Another major version is not this protocol at all (an HTTP/2 preface, 0.9).
+    if major == b"1":
         return 10 if minor == b"0" else 11
     raise HttpError(505, f"HTTP/{major.decode()}.{minor.decode()}", close=True)
 
