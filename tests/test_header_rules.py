@@ -1,5 +1,5 @@
 """Cache-Control and extra headers by URL pattern, end to end on both prefixes, plain and
-under the shim: on 200, 206, HEAD and 304 alike; a bad rule stops the start."""
+under the shim: on 200, 206, HEAD, 304 and a folder's 301 alike; a bad rule stops the start."""
 
 from __future__ import annotations
 
@@ -71,6 +71,17 @@ def test_rules_by_pattern(
         assert resp.headers.get("Cache-Control") == cache_control
         assert resp.headers.get("Access-Control-Allow-Origin") == cors
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize("prefix", ["static", "dynamic"])
+def test_a_folders_redirect_carries_the_rules(site: ServerProcess, prefix: str) -> None:
+    # As nginx's add_header and expires do on a 301: matched on the path as asked.
+    resp = requests.get(f"{site.url}/{prefix}/assets", allow_redirects=False, timeout=10)
+    assert resp.status_code == 301
+    assert resp.headers["Location"] == f"/{prefix}/assets/"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers.get("Access-Control-Allow-Origin") == ("*" if prefix == "static" else None)
+    assert resp.headers.get("Cache-Control") is None  # /static/assets is not under assets/*
 
 
 def test_wget_sees_the_headers(site: ServerProcess, tmp_path: Path) -> None:

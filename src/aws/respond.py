@@ -98,7 +98,10 @@ def answer(
         _, ask, query = req.target.partition(b"?")
         if ask:  # nginx's static module keeps the arguments on the way to the folder
             location += b"?" + query
-        fields = ((b"Location", location), *_EMPTY)
+        # --cache-control and --header apply to a folder's redirect as nginx's expires
+        # and add_header do (301 is among their statuses), matched on the path as asked.
+        extra = cache.policy.fields_for(req.path)
+        fields = ((b"Location", location), *extra, *_EMPTY)
         return Reply(301, heads.build_head(301, date, keep, fields))
     if not req.conditional and req.method == "GET" and res.size:
         # The fast path, a plain GET of a whole file: its two replies (keep-alive or
