@@ -263,6 +263,21 @@ def test_cold_downloads_only_reports_the_cost_of_a_mib() -> None:
     assert total > 0 and 0 <= idle <= total
 
 
+def test_cold_reports_each_rounds_steal_beside_its_p99() -> None:
+    before = [(1000, 5), (1000, 0)]
+    after = [(1400, 5), (1400, 8)]  # the client CPU lost 8 of 400 ticks, the server's none
+    assert cold.steal_share(before, after) == 0.02
+    now = cold.steal_ticks()
+    assert len(now) == 2 and all(0 <= stolen <= total for total, stolen in now)
+    runs = [
+        cold.Cell(1.0, 0.1, p99, 5.0, 900.0, 0.0005, steal=st)
+        for p99, st in ((17.0, 0.02), (0.6, 0.0))
+    ]
+    text = cold.report({("evicted", "aws"): runs}, ["aws"], 2)
+    assert "| <= 0.5 | 2.0% |" in text  # the row: the round with the most
+    assert "p99 17.00 ms" in text and "steal 2.0%" in text and "steal 0.0%" in text
+
+
 def test_cold_paced_case_hands_wrk_a_delay_and_is_reported(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
