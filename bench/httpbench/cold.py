@@ -142,10 +142,9 @@ def core_times(cpu: str = SERVER_CPU) -> tuple[int, int]:
     return sum(ticks), ticks[3] + ticks[4]
 
 
-# The hypervisor can take a vCPU away (steal time). On the dev VM it did so only while
-# the disk was busy, in stretches long enough to hold every hot request: in the evicted
-# case, runs with 1.4-2.7% stolen had an aws p99 of 17-20 ms, runs with 0.0-0.2% one
-# of 0.56-2.2 ms, with the server's own turns the same. So each run says how much.
+# The hypervisor can take a vCPU away (steal time), and on the dev VM it did so while
+# the disk was busy, in stretches that held every hot request: the evicted case's bad
+# p99s are its rounds with steal (the report's note says by how much). So each says.
 def steal_ticks() -> list[tuple[int, int]]:
     """(all, steal) clock ticks of the server's and the client's CPU so far."""
     return [(sum(t), t[7]) for t in map(_ticks, (SERVER_CPU, CLIENT_CPU))]
@@ -330,30 +329,29 @@ def measure(name: str, case: str, root: Path, tmp: Path, duration: int) -> Cell:
             pace = tmp / "pace.lua"
             pace.write_text(f"function delay()\n  return {PACE_MS}\nend\n")
 
-        stolen: list[float] = []
-
-        def hot() -> tuple[float, float, float, float, float | None]:
+        def hot() -> Cell:
+            """wrk's run, with the downloads' MiB/s left at 0 for the caller to fill."""
             before = _turn_buckets(mport) if mport else []
             ticks = steal_ticks()
             rps, p50, p99, lat_max = run_wrk(port, duration, pace)
-            stolen.append(steal_share(ticks, steal_ticks()))
-            if not mport:
-                return rps, p50, p99, lat_max, None
-            time.sleep(0.3)  # one metrics sweep (0.25 s) after the last turn
-            return rps, p50, p99, lat_max, turn_p99(before, _turn_buckets(mport))
+            stolen = steal_share(ticks, steal_ticks())
+            turns = None
+            if mport:
+                time.sleep(0.3)  # one metrics sweep (0.25 s) after the last turn
+                turns = turn_p99(before, _turn_buckets(mport))
+            return Cell(rps, p50, p99, lat_max, 0.0, turns, steal=stolen)
 
         if case == "none":
-            rps, p50, p99, lat_max, turns = hot()
-            return Cell(rps, p50, p99, lat_max, 0.0, turns, steal=stolen[0])
+            return hot()
         if case == DOWNLOADS_ONLY:
             return downloads_only(port, files, duration)
         with Downloads(port, files, evicted=case == "evicted") as dl:
             time.sleep(0.5)  # the downloads are under way before the hot client starts
-            rps, p50, p99, lat_max, turns = hot()
+            cell = hot()
         if dl.errors:
             raise RuntimeError(f"{name}: downloads failed: {dl.errors[:3]}")
-        mibs = sum(dl.received) / MiB / dl.seconds
-        return Cell(rps, p50, p99, lat_max, mibs, turns, steal=stolen[0])
+        cell.dl_mibs = sum(dl.received) / MiB / dl.seconds
+        return cell
 
 
 def downloads_only(port: int, files: list[Path], duration: int) -> Cell:
