@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from aws.config import Config
+from aws.workers import Supervisor, WorkerSlot
 from tests.conftest import REPO, DocRoot, ServerProcess, start_server, stop_server
 from tests.harness import group_members
 from tests.harness import start as harness_start
@@ -365,12 +367,20 @@ def test_python_m_aws_keeps_the_interpreter_as_comm(docroot: DocRoot) -> None:
         assert stop_server(srv.proc) == 0, srv.log()
 
 
+def listening(port: int) -> int:
+    """How many sockets listen on ``port`` (IPv4), as ``ss -ltn`` counts them."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for row in rows if row[3] == "0A" and int(row[1].split(":")[1], 16) == port)
+
+
 def test_a_worker_that_cannot_start_again_is_retried_while_the_others_serve(
     docroot: DocRoot, tmp_path: Path
 ) -> None:
     """A crash that lands while the files a worker opens at start are in flux (its log
     folder moved, a certificate half renewed) must not take the healthy workers down:
-    the slot is retried with back-off until it starts."""
+    the slot is retried with back-off until it starts. Meanwhile its socket is out of the
+    port's REUSEPORT group, so no new connection waits on it for the back-off."""
     logs = tmp_path / "logs"
     logs.mkdir()
     srv = start_server(
@@ -394,18 +404,22 @@ def test_a_worker_that_cannot_start_again_is_retried_while_the_others_serve(
         assert srv.wait_for_log(r"worker \d \(pid \d+\) could not start again", 10), srv.log()
         assert wait_for(lambda: srv.log().count("could not start again") >= 2, 10), srv.log()
         assert srv.proc.poll() is None and os.path.exists(f"/proc/{second}")
+        assert "its new connections go to the other workers meanwhile" in srv.log()
+        assert listening(srv.port) == 1  # its socket is paused: ss -ltn shows one
 
         def served(tries: int) -> int:
             ok = 0
-            for _ in range(tries):  # REUSEPORT sends some to the dead worker's socket
+            for _ in range(tries):
                 with contextlib.suppress(OSError), socket.create_connection(srv.addr, 1) as s:
                     s.sendall(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
                     ok += s.recv(100).startswith(b"HTTP/1.1 200 ")
             return ok
 
-        assert served(16), srv.log()  # the healthy worker serves meanwhile
+        assert served(16) == 16, srv.log()  # all by the healthy worker, none waiting
         (tmp_path / "moved").rename(logs)
-        assert wait_for(lambda: served(8) == 8, 20), srv.log()  # and then both again
+        # its successor listens again once it can serve, and both take connections
+        assert wait_for(lambda: listening(srv.port) == 2, 20), srv.log()
+        assert served(8) == 8, srv.log()
         assert "stopping" not in srv.log()
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
@@ -476,3 +490,22 @@ def test_with_no_worker_left_that_can_start_the_supervisor_stops(
         assert "cannot start; stopping" in srv.log()
     finally:
         stop_server(srv.proc)
+
+
+def test_the_supervisor_wakes_when_a_restart_or_a_kill_is_due() -> None:
+    """A back-off of 0.1 s restarts after 0.1 s, not at the next half-second poll; a slot
+    that is gone or a stop in progress leaves nothing to wake for."""
+    sup = Supervisor(Config(workers=2), [0, 1])
+    assert sup._until_due() == 0.5  # nothing due: poll the signals every half second
+    now = time.monotonic()
+    dead, stuck = WorkerSlot(0, 0, restart_at=now + 0.1), WorkerSlot(1, 1, pid=1, kill_at=now + 3)
+    sup.slots = [dead, stuck]
+    assert 0.05 < sup._until_due() <= 0.1
+    dead.restart_at = now - 1
+    assert sup._until_due() == 0.0  # overdue: at once
+    sup.stopping = True  # no restart while stopping: only the kill is waited for
+    assert sup._until_due() == 0.5
+    stuck.kill_at = now + 0.2
+    assert 0.1 < sup._until_due() <= 0.2
+    stuck.pid = 0  # it exited: its kill deadline no longer matters
+    assert sup._until_due() == 0.5

@@ -287,3 +287,82 @@ def test_resize_keeps_the_port_and_the_first_sockets() -> None:
         assert group.not_for(0) == [] and group.for_worker(0) == own[:1]
     finally:
         group.close()
+
+
+def _accepted_by(socks: list[socket.socket], port: int, count: int) -> list[int]:
+    """Connect ``count`` times; how many connections each listening socket holds."""
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(count)]
+    try:
+        got = [0] * len(socks)
+        deadline = time.monotonic() + 2
+        while sum(got) < count and time.monotonic() < deadline:
+            for i, sock in enumerate(socks):
+                try:
+                    sock.accept()[0].close()
+                    got[i] += 1
+                except (BlockingIOError, OSError):  # nothing queued, or not listening
+                    pass
+        return got
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _reads_on(listener: socket.socket, port: int) -> bytes:
+    """What a connection the kernel gave ``listener`` reads of bytes the client sends
+    once it is accepted (as a request comes after the server's accept)."""
+    for _ in range(64):
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as client:
+            time.sleep(0.01)
+            try:
+                conn = listener.accept()[0]
+            except BlockingIOError:
+                continue  # the other socket got it
+            with conn:
+                conn.setblocking(False)
+                try:
+                    early = conn.recv(16)  # nothing sent yet: EAGAIN, not an end of file
+                except BlockingIOError:
+                    early = None
+                assert early is None, f"read {early!r} before the client sent anything"
+                conn.settimeout(2)
+                client.sendall(b"GET")
+                return conn.recv(16)
+    raise AssertionError("no connection reached that socket")
+
+
+def test_a_paused_socket_leaves_its_group_until_it_listens_again() -> None:
+    """A crash-looping worker's socket is paused: REUSEPORT hands new connections only
+    to the others, and the port stays the server's; ``rejoin`` puts it back."""
+    own = listeners.make_listeners("127.0.0.1", 0, 2, 64)
+    group = listeners.Listeners(own=list(own))
+    try:
+        port = group.port()
+        assert min(_accepted_by(own, port, 40)) > 0  # the kernel spreads them
+        group.pause(1)
+        group.pause(1)  # again, as after a restart that failed before it listened
+        assert _accepted_by(own, port, 40) == [40, 0]
+        assert own[1].getsockname()[1] == port  # still bound: nobody else takes the port
+        listeners.rejoin(group.own_of(1), 64)
+        got = _accepted_by(own, port, 40)
+        assert sum(got) == 40 and got[1] > 0, got
+        assert _reads_on(own[1], port) == b"GET"  # its connections carry data again
+        listeners.rejoin(group.own_of(0), 64)  # already listening: nothing changes
+        assert sum(_accepted_by(own, port, 10)) == 10
+        group.pause(0)  # the first socket too keeps the port --port 0 picked
+        assert _accepted_by(own, port, 20) == [0, 20]
+        listeners.rejoin(group.own_of(0), 64)
+        assert own[0].getsockname()[1] == port and min(_accepted_by(own, port, 40)) > 0
+    finally:
+        group.close()
+
+
+def test_a_workers_own_sockets_are_its_plain_and_tls_ones() -> None:
+    own = listeners.make_listeners("127.0.0.1", 0, 2, 16)
+    secure = listeners.make_listeners("127.0.0.1", 0, 2, 16)
+    group = listeners.Listeners(own=list(own), secure=list(secure))
+    try:
+        assert group.own_of(1) == [own[1], secure[1]]
+        assert listeners.Listeners(own=list(own)).own_of(0) == [own[0]]
+    finally:
+        group.close()

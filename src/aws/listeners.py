@@ -12,6 +12,13 @@
 
 The supervisor keeps all of them open for its whole life, so a worker that is replaced
 (a crash or a reload) leaves queued connections waiting for its successor, not refused.
+A worker in a crash loop is the exception: while its restart is put off, the kernel
+would go on handing it a share of the new connections to wait in a queue nobody reads,
+for up to the back-off's 5 s. So the supervisor takes its own sockets out of their
+``SO_REUSEPORT`` groups (:meth:`Listeners.pause`: ``shutdown`` of a listening socket
+stops it listening but keeps it bound) and the successor puts them back with
+``listen`` once it can serve. The few connections queued at that moment are reset
+(or moved to another socket of the group where ``net.ipv4.tcp_migrate_req`` is on).
 """
 
 from __future__ import annotations
@@ -71,18 +78,39 @@ def tcp_listener(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def _pick_port(host: str) -> socket.socket:
+    """--port 0: a socket bound to a port the kernel picked, holding it while the
+    listeners bind it by number. A socket bound to port 0 would give its port back
+    when it stops listening (a pause), and listen again on another."""
+    holder = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host, 0))
+    except OSError as exc:
+        holder.close()
+        raise StartupError(f"cannot bind {host}:0: {exc.strerror}") from None
+    return holder
+
+
 def make_listeners(host: str, port: int, count: int, backlog: int) -> list[socket.socket]:
+    holder = None
     if port:
         _probe_port(host, port)
+    else:
+        holder = _pick_port(host)
+        port = holder.getsockname()[1]  # every worker shares the pick
     listeners: list[socket.socket] = []
     try:
         for _ in range(count):
             listeners.append(tcp_listener(host, port, backlog))
-            port = listeners[-1].getsockname()[1]  # --port 0: every worker shares the pick
     except StartupError:
         for sock in listeners:
             sock.close()
         raise
+    finally:
+        if holder is not None:
+            holder.close()
     return listeners
 
 
@@ -215,6 +243,20 @@ class Listeners:
             while len(group) > count:
                 group.pop().close()
 
+    def own_of(self, index: int) -> list[socket.socket]:
+        """Worker ``index``'s own TCP sockets (plain and TLS): the ones it may pause."""
+        return [group[index] for group in (self.own, self.secure) if index < len(group)]
+
+    def pause(self, index: int) -> None:
+        """Stop worker ``index``'s own sockets listening, so that their REUSEPORT groups
+        send new connections to the others; :func:`rejoin` undoes it."""
+        for sock in self.own_of(index):
+            # Not twice: on a socket that no longer listens, shutdown would mark it shut
+            # for reading, and every connection accepted once it listens again would
+            # inherit that (and read nothing).
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.shutdown(socket.SHUT_RD)
+
     def names(self) -> str:
         socks = self.own[:1] + self.shared
         return " and ".join(describe(s) for s in socks)
@@ -242,6 +284,13 @@ class Listeners:
             with contextlib.suppress(OSError):
                 os.unlink(self.unix_path)
             self.unix_path = None
+
+
+def rejoin(socks: list[socket.socket], backlog: int) -> None:
+    """Listen again on sockets :meth:`Listeners.pause` took out (on one still listening
+    this only sets the backlog it already has)."""
+    for sock in socks:
+        sock.listen(backlog)
 
 
 # Settings a reload cannot change: the sockets are kept, not opened again.

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 import aiobind
 from aws.config import Config
 from aws.limits import check_aio
-from aws.listeners import StartupError, check_tls, restart_needed
+from aws.listeners import StartupError, check_tls, rejoin, restart_needed
 from aws.logs import tag_process
 from aws.loop import EPOLLIN, Loop
 from aws.metrics import Shared, Snapshot, WorkerCounters
@@ -314,12 +314,14 @@ def worker_process(
     inherited: Iterable[socket.socket] = (),
     counters: WorkerCounters | None = None,
     tls_listeners: Sequence[socket.socket] = (),
+    own: Sequence[socket.socket] = (),
 ) -> None:
     """Entry point in the forked child: never returns.
 
     Called with the supervisor's signal mask (SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGUSR2,
     SIGHUP blocked); ``inherited`` are the other workers' listeners and sockets this one
-    must not hold.
+    must not hold; ``own`` are this worker's own TCP sockets, which the supervisor may
+    have paused while the slot was crashing: they listen again once the worker can serve.
     """
     status = 1
     try:
@@ -331,7 +333,14 @@ def worker_process(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         set_title(f"aws: worker {index}" + ("" if cpu is None else f" on CPU {cpu}"))
         status = run_worker(
-            index, cpu, listeners, config, supervisor, counters, tls_listeners=tls_listeners
+            index,
+            cpu,
+            listeners,
+            config,
+            supervisor,
+            counters,
+            tls_listeners=tls_listeners,
+            ready=lambda: rejoin(list(own), config.backlog),
         )
     except BaseException:
         log.exception("worker %d crashed", index)

@@ -150,6 +150,7 @@ class Supervisor:
                 others,
                 counters,
                 tls_listeners=secure,
+                own=self.listeners.own_of(slot.index),
             )
         if slot.cpu is not None:
             # The child pins itself too; doing it here as well means that once fork has
@@ -166,7 +167,7 @@ class Supervisor:
         """Supervise until every worker has exited after a stop; returns the exit code."""
         status = 0
         while True:
-            info = signal.sigtimedwait(_SIGNALS, 0.5)
+            info = signal.sigtimedwait(_SIGNALS, self._until_due())
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
                 self._stop(info.si_signo)
             elif info is not None and info.si_signo == signal.SIGUSR1:
@@ -195,6 +196,15 @@ class Supervisor:
                     slot.restarted = True
                     self._spawn(slot)
                     log.info("worker %d restarted as pid %d", slot.index, slot.pid)
+
+    def _until_due(self) -> float:
+        """How long to wait for a signal: until the next restart or kill is due, so that
+        a back-off of 0.1 s is 0.1 s, and at most half a second."""
+        due = [slot.kill_at for slot in self.slots + self.retiring if slot.pid]
+        if not self.stopping:
+            due += [self.metrics_restart_at] + [slot.restart_at for slot in self.slots]
+        now = time.monotonic()
+        return max(0.0, min([0.5] + [when - now for when in due if when is not None]))
 
     def _reap(self) -> int | None:
         """Collect exited workers; returns the index of one that failed to start."""
@@ -239,24 +249,36 @@ class Supervisor:
             now = time.monotonic()
             if now - slot.started > STABLE_AFTER:
                 slot.backoff = BACKOFF_FIRST
+            # A first crash is restarted at once: what queued on its sockets waits for
+            # the successor. A restart put off longer would leave the kernel handing
+            # this slot's sockets new connections nobody reads: while another worker
+            # serves, they stop listening until the successor is up (aws.listeners).
+            paused = slot.backoff > BACKOFF_FIRST and any(
+                other.pid for other in self.slots if other is not slot
+            )
+            if paused:
+                self.listeners.pause(slot.index)
+            meanwhile = "; its new connections go to the other workers meanwhile" if paused else ""
             if code == EXIT_FATAL:
                 log.error(
                     "worker %d (pid %d) could not start again (its error is above); "
-                    "retrying in %.1fs, the other workers serve",
+                    "retrying in %.1fs%s",
                     slot.index,
                     pid,
                     slot.backoff,
+                    meanwhile or ", the other workers serve",
                 )
             else:
                 if self.shared is not None:
                     self.shared.restarted(slot.index)
                 why = f"signal {-code}" if code < 0 else f"status {code}"
                 log.error(
-                    "worker %d (pid %d) died with %s; restarting in %.1fs",
+                    "worker %d (pid %d) died with %s; restarting in %.1fs%s",
                     slot.index,
                     pid,
                     why,
                     slot.backoff,
+                    meanwhile,
                 )
             slot.restart_at = now + slot.backoff
             slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
