@@ -388,3 +388,38 @@ def test_sighup_serves_a_renewed_certificate_and_keeps_the_old_for_a_broken_one(
         assert _served_certificate(https, renewed) == _der(renewed.cert)
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    fds = Path(f"/proc/{pid}/fd")
+    links = (os.readlink(fds / fd) for fd in os.listdir(fds))
+    return {link[8:-1] for link in links if link.startswith("socket:[")}
+
+
+def _listener_inodes(port: int) -> set[str]:
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return {row[9] for row in rows if row[3] == "0A" and int(row[1].split(":")[1], 16) == port}
+
+
+def test_the_metrics_process_holds_no_listener_of_the_workers(
+    docroot: DocRoot, certs: Certs
+) -> None:
+    """Neither the plain nor the TLS port: after a stop, a listener the metrics process
+    still held would go on queueing connections that nobody answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    https = start_https(
+        docroot.path, docroot=docroot, certs=certs, extra=["--metrics", f"127.0.0.1:{mport}"]
+    )
+    try:
+        titles = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in https.srv.worker_pids()}
+        metrics = [pid for pid, title in titles.items() if title.startswith(b"aws: metrics")]
+        assert len(metrics) == 1, titles
+        held = _socket_inodes(metrics[0])
+        for port in (https.srv.port, https.port):
+            listening = _listener_inodes(port)
+            assert len(listening) == 2 and not listening & held, port
+    finally:
+        assert stop_server(https.srv.proc) == 0, https.srv.log()

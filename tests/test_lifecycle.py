@@ -368,7 +368,8 @@ def test_python_m_aws_keeps_the_interpreter_as_comm(docroot: DocRoot) -> None:
 
 
 def listening(port: int) -> int:
-    """How many sockets listen on ``port`` (IPv4), as ``ss -ltn`` counts them."""
+    """How many sockets listen on ``port`` (IPv4, where the tests' servers listen), as
+    ``ss -ltn`` counts them."""
     with open("/proc/net/tcp") as f:
         rows = [line.split() for line in f.readlines()[1:]]
     return sum(1 for row in rows if row[3] == "0A" and int(row[1].split(":")[1], 16) == port)
@@ -402,15 +403,16 @@ def test_a_worker_that_cannot_start_again_is_retried_while_the_others_serve(
         logs.rename(tmp_path / "moved")
         os.kill(first, signal.SIGKILL)
         assert srv.wait_for_log(r"worker \d \(pid \d+\) could not start again", 10), srv.log()
-        assert wait_for(lambda: srv.log().count("could not start again") >= 2, 10), srv.log()
+        # retried after 0.2 s and 0.4 s with its socket kept, then put off 0.8 s: paused
+        assert srv.wait_for_log("its new connections go to the other workers meanwhile", 15)
+        assert srv.log().count("could not start again") >= 3, srv.log()
         assert srv.proc.poll() is None and os.path.exists(f"/proc/{second}")
-        assert "its new connections go to the other workers meanwhile" in srv.log()
         assert listening(srv.port) == 1  # its socket is paused: ss -ltn shows one
 
         def served(tries: int) -> int:
             ok = 0
             for _ in range(tries):
-                with contextlib.suppress(OSError), socket.create_connection(srv.addr, 1) as s:
+                with contextlib.suppress(OSError), socket.create_connection(srv.addr, 5) as s:
                     s.sendall(b"GET /static/hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
                     ok += s.recv(100).startswith(b"HTTP/1.1 200 ")
             return ok
@@ -500,12 +502,12 @@ def test_the_supervisor_wakes_when_a_restart_or_a_kill_is_due() -> None:
     now = time.monotonic()
     dead, stuck = WorkerSlot(0, 0, restart_at=now + 0.1), WorkerSlot(1, 1, pid=1, kill_at=now + 3)
     sup.slots = [dead, stuck]
-    assert 0.05 < sup._until_due() <= 0.1
+    assert 0 < sup._until_due() <= 0.1
     dead.restart_at = now - 1
     assert sup._until_due() == 0.0  # overdue: at once
     sup.stopping = True  # no restart while stopping: only the kill is waited for
     assert sup._until_due() == 0.5
     stuck.kill_at = now + 0.2
-    assert 0.1 < sup._until_due() <= 0.2
+    assert 0 < sup._until_due() <= 0.2
     stuck.pid = 0  # it exited: its kill deadline no longer matters
     assert sup._until_due() == 0.5

@@ -339,8 +339,9 @@ def test_a_paused_socket_leaves_its_group_until_it_listens_again() -> None:
     try:
         port = group.port()
         assert min(_accepted_by(own, port, 40)) > 0  # the kernel spreads them
-        group.pause(1)
-        group.pause(1)  # again, as after a restart that failed before it listened
+        assert group.pause(1)
+        assert not group.pause(1)  # again, as after a restart that failed before it listened
+        assert not group.pause(0)  # the last one listening is kept: the port is not refused
         assert _accepted_by(own, port, 40) == [40, 0]
         assert own[1].getsockname()[1] == port  # still bound: nobody else takes the port
         listeners.rejoin(group.own_of(1), 64)
@@ -349,7 +350,7 @@ def test_a_paused_socket_leaves_its_group_until_it_listens_again() -> None:
         assert _reads_on(own[1], port) == b"GET"  # its connections carry data again
         listeners.rejoin(group.own_of(0), 64)  # already listening: nothing changes
         assert sum(_accepted_by(own, port, 10)) == 10
-        group.pause(0)  # the first socket too keeps the port --port 0 picked
+        assert group.pause(0)  # the first socket too keeps the port --port 0 picked
         assert _accepted_by(own, port, 20) == [0, 20]
         listeners.rejoin(group.own_of(0), 64)
         assert own[0].getsockname()[1] == port and min(_accepted_by(own, port, 40)) > 0
@@ -358,11 +359,17 @@ def test_a_paused_socket_leaves_its_group_until_it_listens_again() -> None:
 
 
 def test_a_workers_own_sockets_are_its_plain_and_tls_ones() -> None:
+    """Both of a worker's ports pause, each kept while it is the last of its group."""
     own = listeners.make_listeners("127.0.0.1", 0, 2, 16)
     secure = listeners.make_listeners("127.0.0.1", 0, 2, 16)
     group = listeners.Listeners(own=list(own), secure=list(secure))
     try:
         assert group.own_of(1) == [own[1], secure[1]]
         assert listeners.Listeners(own=list(own)).own_of(0) == [own[0]]
+        secure[0].shutdown(socket.SHUT_RD)  # worker 0's TLS socket is already paused
+        assert group.pause(1)
+        assert [listeners._listens(s) for s in own + secure] == [True, False, False, True]
+        listeners.rejoin(group.own_of(1), 16)
+        assert all(listeners._listens(s) for s in own + secure[1:])
     finally:
         group.close()

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from aws import tls
 from aws.config import Config
 
+log = logging.getLogger("aws.listeners")
+
 SD_LISTEN_FDS_START = 3
 
 
@@ -247,15 +249,27 @@ class Listeners:
         """Worker ``index``'s own TCP sockets (plain and TLS): the ones it may pause."""
         return [group[index] for group in (self.own, self.secure) if index < len(group)]
 
-    def pause(self, index: int) -> None:
+    def pause(self, index: int) -> bool:
         """Stop worker ``index``'s own sockets listening, so that their REUSEPORT groups
-        send new connections to the others; :func:`rejoin` undoes it."""
-        for sock in self.own_of(index):
-            # Not twice: on a socket that no longer listens, shutdown would mark it shut
-            # for reading, and every connection accepted once it listens again would
-            # inherit that (and read nothing).
-            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                sock.shutdown(socket.SHUT_RD)
+        send new connections to the others; :func:`rejoin` undoes it. A socket is kept
+        listening when no other of its group listens (a successor not yet serving is no
+        reason to refuse the port). Returns whether any was paused."""
+        paused = False
+        for group in (self.own, self.secure):
+            if index >= len(group) or not _listens(group[index]):
+                # Not twice: on a socket that no longer listens, shutdown would mark it
+                # shut for reading, and every connection accepted once it listens again
+                # would inherit that (and read nothing).
+                continue
+            if not any(_listens(other) for i, other in enumerate(group) if i != index):
+                continue
+            try:
+                group[index].shutdown(socket.SHUT_RD)
+            except OSError as exc:
+                log.warning("could not pause worker %d's socket: %s", index, exc.strerror)
+                continue
+            paused = True
+        return paused
 
     def names(self) -> str:
         socks = self.own[:1] + self.shared
@@ -284,6 +298,10 @@ class Listeners:
             with contextlib.suppress(OSError):
                 os.unlink(self.unix_path)
             self.unix_path = None
+
+
+def _listens(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
 
 
 def rejoin(socks: list[socket.socket], backlog: int) -> None:

@@ -44,6 +44,7 @@ _BLOCKED = _SIGNALS | {RETIRE}
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 STABLE_AFTER = 10.0  # a worker up this long resets its back-off
+PAUSE_FROM = 0.5  # a restart put off this long pauses the slot's own sockets
 # A worker told to stop that has not exited this long after its own deadline is stuck
 # (SIGSTOP, a debugger, a wedged system call): the supervisor kills it.
 KILL_GRACE = 5.0
@@ -117,7 +118,7 @@ class Supervisor:
         supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
-            for sock in self.listeners.own + self.listeners.shared:
+            for sock in self.listeners.own + self.listeners.shared + self.listeners.secure:
                 sock.close()
             metrics_process(self.metrics_sock, self.shared, supervisor)
         self.metrics_pid = pid
@@ -249,15 +250,11 @@ class Supervisor:
             now = time.monotonic()
             if now - slot.started > STABLE_AFTER:
                 slot.backoff = BACKOFF_FIRST
-            # A first crash is restarted at once: what queued on its sockets waits for
-            # the successor. A restart put off longer would leave the kernel handing
-            # this slot's sockets new connections nobody reads: while another worker
-            # serves, they stop listening until the successor is up (aws.listeners).
-            paused = slot.backoff > BACKOFF_FIRST and any(
-                other.pid for other in self.slots if other is not slot
-            )
-            if paused:
-                self.listeners.pause(slot.index)
+            # A restart put off would leave the kernel handing this slot's sockets new
+            # connections nobody reads: from PAUSE_FROM on, they stop listening until
+            # the successor is up (aws.listeners). A shorter wait costs the connections
+            # queued there less than the reset a pause gives them.
+            paused = slot.backoff >= PAUSE_FROM and self.listeners.pause(slot.index)
             meanwhile = "; its new connections go to the other workers meanwhile" if paused else ""
             if code == EXIT_FATAL:
                 log.error(
