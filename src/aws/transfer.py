@@ -30,7 +30,8 @@ CORK_ABOVE = 256 * 1024  # static bodies this long are sent corked (nginx's tcp_
 # bursts: with 8 cached downloads beside a small-file client (make bench-cold, dev VM)
 # the small requests' p99 was 3.5-6.8 ms; with 256 KiB it was 0.73-0.87 ms, the
 # downloads no slower, and 64 MiB c4 no slower either (2,288 against 2,061 MiB/s).
-# 128 KiB gave the same p99 and fewer MiB/s; 1 MiB, a p99 of 1.5 ms.
+# 128 KiB gave the same p99 and fewer MiB/s; 512 KiB, the same p99 and fewer MiB/s too
+# (1,764 against 1,934, 3 rounds alternated); 1 MiB, a p99 of 1.5 ms.
 UNSENT_MAX = 256 * 1024
 
 # sendfile from a range that is not in the page cache reads it on the loop: a cold
