@@ -112,3 +112,26 @@ def test_ssl_sendfile_tells_a_spent_budget_from_a_full_socket() -> None:
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+def test_ssl_sendfile_stages_no_more_than_the_budget_left() -> None:
+    """SSL_write takes a staged chunk whole, so the chunk is cut to what is left of the
+    turn's budget (the head counted): a mover with 100 KiB left sends 100 KiB, not a
+    whole 256 KiB buffer; and never less than a slice, so it still moves."""
+    pool = BufferPool(256 * 1024, keep=1)
+    fd, path = tempfile.mkstemp()
+    try:
+        os.write(fd, os.urandom(MiB))
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n"
+        stage = transfer.Stage(pool.acquire())
+        assert stage.put_head(head) == b""
+        sink = _SslSink()
+        pos, blocked = transfer.ssl_sendfile(sink, stage, fd, 0, MiB, 100 * 1024)  # type: ignore[arg-type]
+        assert not blocked and sink.took == 100 * 1024 and pos == 100 * 1024 - len(head)
+        pos2, _ = transfer.ssl_sendfile(sink, stage, fd, pos, MiB, 1024)  # type: ignore[arg-type]
+        assert pos2 - pos == transfer.MIN_SLICE
+        pos3, _ = transfer.ssl_sendfile(sink, stage, fd, pos2, MiB, 8 * MiB)  # type: ignore[arg-type]
+        assert pos3 == MiB and sink.took == MiB + len(head)
+    finally:
+        os.close(fd)
+        os.unlink(path)

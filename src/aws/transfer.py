@@ -349,9 +349,11 @@ def ssl_sendfile(
     begin = pos
     while True:
         if stage.sent == 0 and stage.body == 0 and pos < stop:
-            # Nothing of this chunk was offered to SSL yet: fill the rest of the buffer.
+            # Nothing of this chunk was offered to SSL yet: fill the rest of the buffer,
+            # or what is left of the budget (SSL_write takes a chunk whole), not less
+            # than a slice.
             start = stage.filled
-            want = min(len(mem) - start, stop - pos)
+            want = min(len(mem) - start, stop - pos, max(budget - start, MIN_SLICE))
             try:
                 n = preadv(fd, [mem[start : start + want]], pos)
             except OSError as exc:
