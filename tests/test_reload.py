@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from aws.config import Config
+from aws.loop import Loop
+from aws.server import Server
+from aws.worker import Serving
 from tests.conftest import DocRoot, ServerProcess, stop_server
 from tests.ops import Load, get_raw, mode_of, start_in, worker_pids
 
@@ -234,3 +238,25 @@ def test_a_stop_right_after_a_reload_does_not_wait_for_idle_connections(
         assert time.monotonic() - t0 < 5, "the stop waited for an idle keep-alive connection"
         assert client.closed_by_peer()
     assert "second signal" not in srv.log()
+
+
+def test_a_reload_in_one_process_keeps_one_line_of_turns(docroot: DocRoot) -> None:
+    """The server taking over and the one draining share the loop's line of long
+    transfers: two lines would move two budgets a turn while the old one drains, and the
+    new --sendfile-chunk is the budget of both."""
+    loop = Loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    old = Server(Config(root=str(docroot.path), sendfile_chunk=512 * 1024), loop, listener)
+    fresh_config = Config(root=str(docroot.path), sendfile_chunk=256 * 1024)
+    serving = Serving(0, loop, old, None, None, lambda: fresh_config)
+    try:
+        serving._reload()
+        assert serving.server is not old and serving.server.config is fresh_config
+        assert serving.server.turns is old.turns
+        assert old.turns.budget == 256 * 1024 and old.turns.least == 64 * 1024
+    finally:
+        serving.close()
+        loop.close()
+        listener.close()

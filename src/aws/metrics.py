@@ -149,7 +149,7 @@ class WorkerCounters:
         cells[CONNECTIONS] = sum(len(s.conns) for s in servers)
         cells[AIO_IN_FLIGHT] = sum(s.aio.ctx.in_flight for s in servers)
         cells[AIO_QUEUED] = sum(len(s.aio.backlog) for s in servers)
-        cells[IN_LINE] = sum(len(s.turns) for s in servers)
+        cells[IN_LINE] = sum(len(turns) for turns in {s.turns for s in servers})  # shared
         for s in servers:  # counters: add what is new since the last sample
             reported = s.reported
             hits = s.static.hits + s.dynamic.hits

@@ -76,6 +76,7 @@ class Server:
         worker: int = 0,
         counters: WorkerCounters | None = None,
         accepting: bool = True,
+        turns: Turns | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -90,8 +91,13 @@ class Server:
         self.conns: set[Connection] = set()
         self.draining = False
         self.keep_promised = False
-        # Long transfers take one turn's byte budget in order (aws.turns).
-        self.turns = Turns(loop, config.sendfile_chunk, MIN_SLICE)
+        # Long transfers take one turn's byte budget in order (aws.turns): one line a
+        # loop, so a server taking over at a reload shares the draining one's.
+        if turns is None:
+            turns = Turns(loop, config.sendfile_chunk, MIN_SLICE)
+        else:
+            turns.set_budget(config.sendfile_chunk)
+        self.turns = turns
         # The fast path for a repeated request (Connection._replay): bodies up to this
         # long, all sent in one turn whatever the fair share (0: off).
         self.replay = Replay(RECV_SIZE, MIN_SLICE)

@@ -34,12 +34,17 @@ class Mover(Handler, Protocol):
 class Turns:
     def __init__(self, loop: Loop, budget: int, least: int = 0) -> None:
         self.loop = loop
+        self.slice = least
+        self.set_budget(budget)
+        self.line: deque[Mover] = deque()
+        self.posted = False
+
+    def set_budget(self, budget: int) -> None:
+        """A turn's bytes (a reload may change ``--sendfile-chunk``)."""
         self.budget = budget
         # What is left of a budget below this ends the round: a sliver would cost its
         # mover a call and its place in line for a few bytes.
-        self.least = max(1, min(least, budget))
-        self.line: deque[Mover] = deque()
-        self.posted = False
+        self.least = max(1, min(self.slice, budget))
 
     def __len__(self) -> int:
         return len(self.line)

@@ -259,6 +259,7 @@ class Serving:
                 worker=self.index,
                 counters=old.counters,
                 accepting=False,
+                turns=old.turns,
             )
         except StartupError as exc:
             log.error("SIGHUP: the configuration does not load (%s); serving on with the old", exc)
