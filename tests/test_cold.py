@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import aiobind
 from aiobind.pagecache import pages
 from aws import transfer
+from aws.loop import Loop
 from aws.metrics import Shared, WorkerCounters, render
+from aws.warming import Warmer
 from tests.conftest import DocRoot, make_content, start_server, stop_server
 from tests.test_connection_states import Harness, RecordingConnection
 
@@ -427,3 +430,191 @@ def test_the_line_is_a_gauge(cold_root: DocRoot) -> None:
         other.close()
     finally:
         h.close()
+
+
+# -- --static-cold cache: cold ranges read into the page cache by the warming threads --
+
+
+def _links_to(path: Path) -> int:
+    """This process's descriptors open on ``path``."""
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in os.listdir(fds):
+        with contextlib.suppress(OSError):
+            count += os.readlink(fds / fd) == str(path)
+    return count
+
+
+def test_cache_mode_reads_a_cold_body_into_the_page_cache_and_sendfiles_it(
+    cold_root: DocRoot,
+) -> None:
+    path = cold_root.path / "static" / "big.bin"
+    h = Harness(cold_root, static_cold="cache")
+    try:
+        evict(path)
+        assert _get(h, "/static/big.bin") == cold_root.content("/static/big.bin")
+        names = [s.name for s in h.conn.trace]
+        assert names[:5] == ["READ_HEAD", "SEND_HEAD", "SEND_FILE", "AIO_WAIT", "SEND_FILE"]
+        assert "SEND_BUFFER" not in names  # no AIO buffer: every byte went by sendfile
+        assert h.conn.path == "mixed"
+        fd = os.open(path, os.O_RDONLY)
+        try:  # left in the page cache for the next request
+            assert aiobind.cachestat(fd, 0, 0).cache == pages(0, path.stat().st_size)
+        finally:
+            os.close(fd)
+    finally:
+        h.close()
+    again = Harness(cold_root, static_cold="cache")
+    try:  # the next client finds it cached: sendfile alone
+        assert _get(again, "/static/big.bin") == cold_root.content("/static/big.bin")
+        assert "AIO_WAIT" not in [s.name for s in again.conn.trace]
+        assert again.conn.path == "sendfile"
+    finally:
+        again.close()
+
+
+def test_cache_mode_a_client_gone_mid_read_leaves_no_descriptor(cold_root: DocRoot) -> None:
+    """The warming thread reads through a descriptor of its own and closes it when its
+    range is in, even for a transfer that ended meanwhile; the response is logged."""
+    path = cold_root.path / "static" / "big.bin"
+    h = Harness(cold_root, static_cold="cache")
+    try:
+        evict(path)
+        h.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        h.pump_until(lambda: h.conn.state.name == "AIO_WAIT")
+        h.client.shutdown(socket.SHUT_RDWR)  # gone: the next send after the read fails
+        h.pump_until(lambda: h.conn.state.name == "CLOSED")
+        deadline = time.monotonic() + 10
+        while _links_to(path) > 1 and time.monotonic() < deadline:  # 1: the open-file cache's
+            h.loop.run_once()
+        assert _links_to(path) <= 1
+        assert h.conn.res is None and h.conn.path == "mixed"
+    finally:
+        h.close()
+
+
+def test_cache_mode_a_range_gone_again_before_it_was_sent_is_read_again(
+    cold_root: DocRoot,
+) -> None:
+    """The kernel may take back what the threads read before the transfer gets there
+    (reclaim, another process's DONTNEED): with nothing asked still to come, the
+    transfer asks again instead of waiting for a completion that will never come."""
+    path = cold_root.path / "static" / "big.bin"
+    h = Harness(cold_root, static_cold="cache")
+    try:
+        evict(path)
+        h.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        conn = h.conn
+        deadline = time.monotonic() + 10  # the client reads nothing: the socket fills
+        while not (conn.state.name == "SEND_FILE" and conn.warm_jobs == 0 and conn.pos):
+            assert time.monotonic() < deadline, (conn.state.name, conn.warm_jobs, conn.pos)
+            h.loop.run_once()
+        assert conn.pos < conn.warm_ahead < conn.stop  # asked ahead, and all of it came
+        conn.warm_to = conn.pos  # as at the end of a probed span: the next send asks again
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # and now it is gone
+        finally:
+            os.close(fd)
+        [(status, body)] = h.responses(1)
+        assert status == 200 and body == cold_root.content("/static/big.bin")
+        assert "AIO_WAIT" in [s.name for s in conn.trace][5:]  # it waited again, and woke
+    finally:
+        h.close()
+
+
+def test_cache_mode_a_range_the_threads_cannot_read_is_sent_anyway(cold_root: DocRoot) -> None:
+    """A failed read (here: the threads' /dev/null refuses writes) is reported like a
+    done one; the range is still cold, nothing more is coming, so it goes out by
+    sendfile slice by slice instead of waiting."""
+    path = cold_root.path / "static" / "big.bin"
+    h = Harness(cold_root, static_cold="cache")
+    warmer = h.server.warmer
+    assert warmer is not None
+    broken = os.open(os.devnull, os.O_RDONLY)
+    os.close(warmer.null)
+    warmer.null = broken  # sendfile to it fails with EBADF
+    try:
+        evict(path)
+        assert _get(h, "/static/big.bin") == cold_root.content("/static/big.bin")
+        assert h.conn.path == "mixed"
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("mode", ["plain", "shim"])
+def test_cache_mode_downloads_end_to_end_leave_the_file_cached(
+    cold_root: DocRoot, mode: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The real server with --static-cold cache: an evicted file is served byte for byte,
+    in a range and whole, and the request after that finds it in the page cache."""
+    shim = stats = None
+    if mode == "shim":
+        shim = request.getfixturevalue("shim_so")
+        stats = tmp_path / "stats"
+    log = tmp_path / "access.log"
+    srv = start_server(
+        cold_root.path,
+        docroot=cold_root,
+        mode=mode,
+        shim=shim,
+        stats_path=stats,
+        workers=1,
+        extra=["--static-cold", "cache", "--access-log", str(log), "--log-format", "json"],
+    )
+    path = cold_root.path / "static" / "big.bin"
+    content = cold_root.content("/static/big.bin")
+    try:
+        evict(path)
+        with requests.Session() as http:
+            url = f"{srv.url}/static/big.bin"
+            ranged = http.get(url, headers={"Range": "bytes=5000000-"}, timeout=30)
+            assert ranged.status_code == 206 and ranged.content == content[5_000_000:]
+            assert http.get(url, timeout=30).content == content  # its first part was cold
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                assert aiobind.cachestat(fd, 0, 0).cache == pages(0, path.stat().st_size)
+            finally:
+                os.close(fd)
+            assert http.get(url, timeout=30).content == content
+        deadline = time.monotonic() + 5
+        while log.read_text().count("\n") < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        vias = [line.split('"via":"')[1].split('"')[0] for line in log.read_text().splitlines()]
+        assert vias == ["mixed", "mixed", "sendfile"], vias
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()
+
+
+def test_a_closed_warmer_lets_its_threads_close_the_eventfd(cold_root: DocRoot) -> None:
+    """A range may finish after the server that asked for it closed: the eventfd stays
+    open until the last thread is gone, so no late write lands on a reused number."""
+    loop = Loop()
+    warmer = Warmer(loop, threads=2)
+    fd = os.open(cold_root.path / "static" / "big.bin", os.O_RDONLY)
+    try:
+        evict(cold_root.path / "static" / "big.bin")
+        warmer.warm(fd, 0, 12 * MiB, lambda: None)
+        warmer.close()  # at once, with the read in flight
+        os.fstat(warmer.efd)  # still open: a thread may yet write to it
+        deadline = time.monotonic() + 10
+        while warmer.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert warmer.running == 0
+        assert not [t for t in threading.enumerate() if t.name.startswith("aws-warm-")]
+    finally:
+        os.close(fd)
+        loop.close()
+
+
+def test_a_warmer_shared_by_a_reload_closes_with_its_last_server() -> None:
+    loop = Loop()
+    warmer = Warmer(loop)
+    try:
+        assert warmer.share() is warmer
+        warmer.close()
+        assert not warmer.closed and warmer.efd in loop.handlers
+        warmer.close()
+        assert warmer.closed and warmer.efd not in loop.handlers
+    finally:
+        loop.close()

@@ -212,6 +212,14 @@ class Config:
         help="read /dynamic/ files of at least BYTES with O_DIRECT, smaller ones through "
         "the page cache (nginx's directio; 0: always O_DIRECT)",
     )
+    static_cold: str = option(
+        "direct",
+        choices=("direct", "cache"),
+        help="a /static/ range not in the page cache: read it by O_DIRECT AIO and send it "
+        "from buffers (direct: nothing is left cached), or let the worker's warming "
+        "threads read it into the page cache and sendfile it from there (cache: the next "
+        "request finds it cached)",
+    )
     aio_maxevents: int = option(
         256, parse=positive_int, help="AIO reads in flight per worker (io_setup size)"
     )

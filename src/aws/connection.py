@@ -95,6 +95,9 @@ class Connection(Replaying, Sending):
         "state",
         "status",
         "stop",
+        "warm_ahead",
+        "warm_for",
+        "warm_jobs",
         "warm_to",
     )
 
@@ -131,8 +134,14 @@ class Connection(Replaying, Sending):
         self.bulk = False  # a long transfer: it moves in the worker's fair turns
         self.queued = False  # in their line, waiting for its share of a turn
         self.warm_to = 0  # the file is known to be in the page cache up to here
+        # --static-cold cache (aws.warming): which response asked, the end of what it
+        # asked into the page cache, and how many of its windows are not in yet.
+        self.warm_for = -1
+        self.warm_ahead = 0
+        self.warm_jobs = 0
         # How the last body left, for the access log and metrics: "" (no body),
-        # "sendfile", "mixed" (sendfile and AIO), "aio-direct" or "aio-buffered".
+        # "sendfile", "mixed" (sendfile, and a cold part read by AIO or into the page
+        # cache), "aio-direct" or "aio-buffered".
         self.path = ""
         self.linger = False  # the client may still be sending: close gently
         # Checked by the worker's periodic sweep (no timer object per connection).

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from aws.worker_context import Worker
 
 READ_AHEAD_LIMIT = 64 * 1024  # pipelined bytes buffered while a response is in progress
+WARM_WINDOW = 4 << 20  # a cold /static/ range is asked into the page cache this much at a time
+WARM_AHEAD = 2 * WARM_WINDOW  # and kept asked this far ahead of what is sent
+MIN_WINDOW = 64 << 10  # sent as it is when it could not be kept in the page cache
 
 
 class Sending:
@@ -58,6 +61,10 @@ class Sending:
     bulk: bool
     queued: bool
     warm_to: int
+    warm_for: int
+    warm_ahead: int
+    warm_jobs: int
+    requests: int
     path: str
     deadline: float | None
 
@@ -250,16 +257,32 @@ class Sending:
             return new - begin
 
     def _read_cold(self) -> None:
-        """The next range is not in the page cache: read it by AIO and send it from the
-        buffers (the mixed path), then go back to sendfile."""
+        """The next range is not in the page cache (the mixed path): read it by AIO and
+        send it from the buffers, or with ``--static-cold cache`` wait for the warming
+        threads to read it into the page cache; then go back to sendfile."""
         res = self.res
         assert res is not None
+        server = self.server
+        if server.warmer is not None:
+            self.path = "mixed"
+            self._to(AIO_WAIT)
+            self.deadline = None  # the disk is ours to wait for, not the client's fault
+            self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
+            if self.warm_for != self.requests:  # this response's first cold range
+                self.warm_for = self.requests
+                self.warm_ahead = self.pos
+                self.warm_jobs = 0
+            if self.warm_ahead <= self.pos or not self.warm_jobs:
+                # Nothing asked covers it (or what was asked is in and gone again: the
+                # kernel reclaims page cache): ask from here. Else its window is coming.
+                self.warm_ahead = self.pos
+                self._ask_warm()
+            return
         dfd = res.direct_fd()
         if dfd < 0:  # no O_DIRECT on this file system: sendfile it, waiting if it must
             self.warm_to = self.stop
             self._send_body(EPOLLOUT)
             return
-        server = self.server
         depth = server.config.aio_depth
         limit = min(self.stop, self.pos + depth * server.aio.chunk_size)
         end = transfer.cold_until(res.fd, self.pos, limit)
@@ -269,6 +292,38 @@ class Sending:
         self.deadline = None  # the disk is ours to wait for, not the client's fault
         self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
         self.body = DynamicBody(server.aio, self, dfd, self.pos, end, depth)
+
+    def _ask_warm(self) -> None:
+        """Ask the next window after ``warm_ahead`` into the page cache."""
+        res = self.res
+        assert res is not None
+        start = self.warm_ahead
+        end = self.warm_ahead = min(self.stop, start + WARM_WINDOW)
+        self.warm_jobs += 1
+        warmer = self.server.warmer
+        assert warmer is not None
+        response = self.requests  # which response asked: a later one on this connection
+        warmer.warm(res.fd, start, end, lambda: self._warmed(response))
+
+    def _warmed(self, response: int) -> None:
+        """A window asked for is in the page cache: ask for the next one, and go on
+        with sendfile if the transfer was waiting for it."""
+        res = self.res
+        if res is None or response != self.requests:
+            return  # that response is over
+        self.warm_jobs -= 1
+        if self.warm_ahead < self.stop and self.warm_ahead - self.pos < WARM_AHEAD:
+            self._ask_warm()
+        if self.state is AIO_WAIT and self.body is None:
+            warm = transfer.warm_until(res.fd, self.pos, self.stop)
+            if warm == self.pos and not self.warm_jobs:
+                # Read and gone again already, or the read failed: sendfile a slice as
+                # it is (on the loop, as with no probe) rather than ask forever.
+                warm = self.pos + MIN_WINDOW
+            if warm > self.pos:
+                self.warm_to = min(warm, self.stop)
+                self._to(SEND_FILE)
+                self._send_body(EPOLLOUT)
 
     def _move_parts(self, budget: int) -> int:
         res = self.res

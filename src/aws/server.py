@@ -30,6 +30,7 @@ from aws.respond import AIO, SENDFILE
 from aws.tls_connection import TlsConnection, TlsSide
 from aws.transfer import MIN_SLICE
 from aws.turns import Turns
+from aws.warming import Warmer
 
 if TYPE_CHECKING:
     from aws.metrics import WorkerCounters
@@ -77,6 +78,7 @@ class Server:
         counters: WorkerCounters | None = None,
         accepting: bool = True,
         turns: Turns | None = None,
+        warmer: Warmer | None = None,
     ) -> None:
         self.config = config
         self.loop = loop
@@ -142,6 +144,9 @@ class Server:
             b"static": self.static,
             b"dynamic": self.dynamic,
         }
+        self.warmer: Warmer | None = None
+        if config.static_cold == "cache":
+            self.warmer = Warmer(loop) if warmer is None else warmer.share()
         self.aio = AioReader(
             loop, config.aio_maxevents, config.aio_chunk, keep_buffers=4 * config.aio_depth
         )
@@ -365,6 +370,8 @@ class Server:
         if self.tls is not None:
             self.tls.close()
         self.aio.close()
+        if self.warmer is not None:
+            self.warmer.close()
         self.replay.close()
         self.static.close()
         self.dynamic.close()

@@ -35,7 +35,9 @@ READ_HEAD = State("READ_HEAD", "reading a request head")
 READ_BODY = State("READ_BODY", "discarding a request body")
 SEND_HEAD = State("SEND_HEAD", "sending a head (and a small body)")
 SEND_FILE = State("SEND_FILE", "sending a static file (sendfile, or read + SSL_write)")
-AIO_WAIT = State("AIO_WAIT", "waiting for an AIO read")
+AIO_WAIT = State(
+    "AIO_WAIT", "waiting for the disk: an AIO read, or a range read into the page cache"
+)
 SEND_BUFFER = State("SEND_BUFFER", "sending an AIO buffer")
 DONE = State("DONE", "response complete")
 LINGER = State("LINGER", "closing: draining what the client still sends")
@@ -89,11 +91,15 @@ MACHINE: dict[State, dict[State, str]] = {
     # Over TLS without kTLS the same state reads chunks and SSL_writes them.
     SEND_FILE: {
         DONE: "last byte sent by sendfile (or SSL_write)",
-        AIO_WAIT: "the next range is not in the page cache: read it by AIO",
+        AIO_WAIT: "the next range is not in the page cache: read it by AIO or into it",
         CLOSED: _GONE,
     },
     # A dynamic response's head waits for the first chunk, so both leave in one sendmsg.
-    AIO_WAIT: {SEND_BUFFER: "the chunk to send next is read", CLOSED: _GONE},
+    AIO_WAIT: {
+        SEND_BUFFER: "the chunk to send next is read",
+        SEND_FILE: "the cold range is in the page cache now: sendfile it",
+        CLOSED: _GONE,
+    },
     SEND_BUFFER: {
         AIO_WAIT: "buffer sent, the next chunk is still being read",
         SEND_FILE: "the cold range is sent: back to sendfile",

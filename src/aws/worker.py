@@ -260,6 +260,7 @@ class Serving:
                 counters=old.counters,
                 accepting=False,
                 turns=old.turns,
+                warmer=old.warmer,
             )
         except StartupError as exc:
             log.error("SIGHUP: the configuration does not load (%s); serving on with the old", exc)

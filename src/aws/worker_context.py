@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from aws.heads import DateCache
     from aws.loop import Loop
     from aws.turns import Turns
+    from aws.warming import Warmer
 
 
 class Worker(Protocol):
@@ -31,6 +32,7 @@ class Worker(Protocol):
     caches: Mapping[bytes | None, FileCache]
     draining: bool
     turns: Turns  # long transfers take each loop turn's byte budget in order
+    warmer: Warmer | None  # brings cold /static/ ranges into the page cache (aws.warming)
     # Draining for a reload: a response sent as keep-alive keeps that promise for one
     # more request (answered with Connection: close) instead of a close under the client.
     keep_promised: bool

@@ -1,0 +1,123 @@
+"""Bringing a cold range of a file into the page cache without the loop waiting
+(``--static-cold cache``).
+
+A few threads per worker each take a range and ``sendfile`` it to ``/dev/null``: the
+kernel reads the pages into the page cache, with its own readahead, and discards them
+without a copy, while the thread waits in the kernel with the GIL released. The loop
+hears of each finished range through an eventfd in its epoll, and the transfer sends
+the range with sendfile, from memory; it stays cached for the next request, which the
+O_DIRECT reads of ``--static-cold direct`` would not leave.
+
+Measured on the dev VM (an evicted 512 MiB file, curl, one at a time): the first
+download 1.51-1.57 GB/s and the next ones 2.0-2.4 GB/s from the page cache, against
+1.19-1.34 GB/s every time with O_DIRECT. Filling the page cache costs the server's core
+more than O_DIRECT does (~0.56 against ~0.42 ms a MiB while eight downloads stayed
+cold), which is why it is a choice.
+
+The eventfd is the threads' to close: a job may finish after the server that asked for
+it is gone, and its write must not land on a descriptor number reused meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from aws.loop import EPOLLIN, Loop
+
+log = logging.getLogger("aws.warming")
+
+THREADS = 4  # ranges read at once (each thread has one in the kernel)
+
+Job = tuple[int, int, int, Callable[[], None]]
+
+
+class Warmer:
+    def __init__(self, loop: Loop, threads: int = THREADS) -> None:
+        self.loop = loop
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.finished: deque[Callable[[], None]] = deque()
+        # Opened here, not in a thread: a failure is the server's start failing, never
+        # a thread gone and the ranges asked of it waited for forever.
+        self.null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        loop.add(self.efd, EPOLLIN, self)
+        self.count = threads
+        self.running = 0  # threads started and not yet gone
+        self.lock = threading.Lock()
+        self.users = 1  # servers sharing it (a reload in one process)
+        self.closed = False
+
+    def share(self) -> Warmer:
+        self.users += 1
+        return self
+
+    def warm(self, fd: int, start: int, end: int, done: Callable[[], None]) -> None:
+        """Read ``[start, end)`` of ``fd`` into the page cache; ``done`` runs on the loop
+        when it is there (or when reading it failed: the caller asks the page cache)."""
+        if not self.running:
+            with self.lock:
+                self.running = self.count
+            for i in range(self.count):
+                threading.Thread(target=self._run, name=f"aws-warm-{i}", daemon=True).start()
+        self.jobs.put((os.dup(fd), start, end, done))  # its own: the cache may close fd
+
+    def _run(self) -> None:
+        null = self.null
+        try:
+            while (job := self.jobs.get()) is not None:
+                fd, pos, end, done = job
+                try:
+                    while pos < end:
+                        n = os.sendfile(null, fd, pos, end - pos)
+                        if n == 0:  # the file is shorter now: sendfile will say so
+                            break
+                        pos += n
+                except OSError as exc:
+                    log.debug("warming a range failed: %s", exc)
+                finally:
+                    os.close(fd)
+                self.finished.append(done)
+                with contextlib.suppress(OSError):
+                    os.eventfd_write(self.efd, 1)
+        finally:
+            with self.lock:
+                self.running -= 1
+                last = self.running == 0 and self.closed
+            if last:
+                os.close(self.efd)
+                os.close(null)
+
+    def on_event(self, events: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.efd)
+        finished = self.finished
+        while finished:
+            done = finished.popleft()
+            try:
+                done()
+            except Exception as exc:  # one transfer's failure is not the others' wait
+                log.exception("after warming a range: %r", exc)
+
+    def on_error(self, exc: BaseException) -> None:
+        log.error("after warming a range: %r", exc)
+
+    def close(self) -> None:
+        self.users -= 1
+        if self.users or self.closed:
+            return
+        self.loop.remove(self.efd)
+        self.finished.clear()
+        with self.lock:
+            self.closed = True
+            started = self.running
+        for _ in range(started):
+            self.jobs.put(None)  # each thread ends after the job it is on
+        if not started:
+            os.close(self.efd)
+            os.close(self.null)
