@@ -506,8 +506,8 @@ def test_cache_mode_a_range_gone_again_before_it_was_sent_is_read_again(
         h.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
         conn = h.conn
         deadline = time.monotonic() + 10  # the client reads nothing: the socket fills
-        while not (conn.state.name == "SEND_FILE" and conn.warm_jobs == 0 and conn.pos):
-            assert time.monotonic() < deadline, (conn.state.name, conn.warm_jobs, conn.pos)
+        while not (conn.state.name == "SEND_FILE" and not conn.warm_pending and conn.pos):
+            assert time.monotonic() < deadline, (conn.state.name, conn.warm_pending, conn.pos)
             h.loop.run_once()
         assert conn.pos < conn.warm_ahead < conn.stop  # asked ahead, and all of it came
         conn.warm_to = conn.pos  # as at the end of a probed span: the next send asks again
@@ -586,23 +586,69 @@ def test_cache_mode_downloads_end_to_end_leave_the_file_cached(
         assert stop_server(srv.proc) == 0, srv.log()
 
 
+class _Asker:
+    """A stand-in for the connection that asked: what its failures were."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    def on_event(self, events: int) -> None:
+        pass
+
+    def on_error(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+
+
 def test_a_closed_warmer_lets_its_threads_close_the_eventfd(cold_root: DocRoot) -> None:
     """A range may finish after the server that asked for it closed: the eventfd stays
-    open until the last thread is gone, so no late write lands on a reused number."""
+    open until the last thread is gone, so no late write lands on a reused number, and
+    then it is closed (not left open)."""
     loop = Loop()
     warmer = Warmer(loop, threads=2)
     fd = os.open(cold_root.path / "static" / "big.bin", os.O_RDONLY)
     try:
         evict(cold_root.path / "static" / "big.bin")
-        warmer.warm(fd, 0, 12 * MiB, lambda: None)
-        warmer.close()  # at once, with the read in flight
-        os.fstat(warmer.efd)  # still open: a thread may yet write to it
+        for start in (0, 4 * MiB, 8 * MiB):  # one per thread, and one queued
+            warmer.warm(fd, start, start + 4 * MiB, _Asker(), lambda: None)
+        efd = os.fstat(warmer.efd).st_ino
+        warmer.close()  # at once, with reads in flight
+        assert os.fstat(warmer.efd).st_ino == efd  # still open: a thread may yet write
+        with pytest.raises(RuntimeError):
+            warmer.warm(fd, 0, MiB, _Asker(), lambda: None)
         deadline = time.monotonic() + 10
         while warmer.running and time.monotonic() < deadline:
             time.sleep(0.01)
         assert warmer.running == 0
         assert not [t for t in threading.enumerate() if t.name.startswith("aws-warm-")]
+        with contextlib.suppress(OSError):  # closed by the last thread (or the number reused)
+            assert os.fstat(warmer.efd).st_ino != efd
     finally:
+        os.close(fd)
+        loop.close()
+
+
+def test_a_failing_completion_fails_its_connection_not_the_others(cold_root: DocRoot) -> None:
+    """What the transfer's callback raises closes that transfer (its on_error), as a
+    failing event handler would; the next completion still runs."""
+    loop = Loop()
+    warmer = Warmer(loop, threads=1)
+    fd = os.open(cold_root.path / "static" / "small.bin", os.O_RDONLY)
+    failing, fine = _Asker(), _Asker()
+    ran: list[str] = []
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    try:
+        warmer.warm(fd, 0, 20_000, failing, boom)
+        warmer.warm(fd, 0, 20_000, fine, lambda: ran.append("fine"))
+        deadline = time.monotonic() + 10
+        while not ran and time.monotonic() < deadline:
+            loop.run_once()
+        assert ran == ["fine"] and not fine.errors
+        assert [str(e) for e in failing.errors] == ["boom"]
+    finally:
+        warmer.close()
         os.close(fd)
         loop.close()
 

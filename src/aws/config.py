@@ -215,10 +215,10 @@ class Config:
     static_cold: str = option(
         "direct",
         choices=("direct", "cache"),
-        help="a /static/ range not in the page cache: read it by O_DIRECT AIO and send it "
-        "from buffers (direct: nothing is left cached), or let the worker's warming "
-        "threads read it into the page cache and sendfile it from there (cache: the next "
-        "request finds it cached)",
+        help="a /static/ body (or single range) partly not in the page cache: read the "
+        "cold part by O_DIRECT AIO and send it from buffers (direct: nothing is left "
+        "cached), or let the worker's warming threads read it into the page cache and "
+        "sendfile it from there (cache: the next request finds it cached)",
     )
     aio_maxevents: int = option(
         256, parse=positive_int, help="AIO reads in flight per worker (io_setup size)"

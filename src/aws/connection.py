@@ -97,7 +97,7 @@ class Connection(Replaying, Sending):
         "stop",
         "warm_ahead",
         "warm_for",
-        "warm_jobs",
+        "warm_pending",
         "warm_to",
     )
 
@@ -135,10 +135,10 @@ class Connection(Replaying, Sending):
         self.queued = False  # in their line, waiting for its share of a turn
         self.warm_to = 0  # the file is known to be in the page cache up to here
         # --static-cold cache (aws.warming): which response asked, the end of what it
-        # asked into the page cache, and how many of its windows are not in yet.
+        # asked into the page cache, and the starts of its windows not in yet.
         self.warm_for = -1
         self.warm_ahead = 0
-        self.warm_jobs = 0
+        self.warm_pending: set[int] = set()
         # How the last body left, for the access log and metrics: "" (no body),
         # "sendfile", "mixed" (sendfile, and a cold part read by AIO or into the page
         # cache), "aio-direct" or "aio-buffered".

@@ -63,7 +63,7 @@ class Sending:
     warm_to: int
     warm_for: int
     warm_ahead: int
-    warm_jobs: int
+    warm_pending: set[int]
     requests: int
     path: str
     deadline: float | None
@@ -231,6 +231,9 @@ class Sending:
         stop = self.stop
         while True:
             if pos >= self.warm_to:
+                if self.warm_for == self.requests:  # warming this body: keep ahead of it
+                    self.pos = pos
+                    self._top_up()
                 warm = transfer.warm_until(res.fd, pos, stop)
                 if warm == pos:
                     self._read_cold()
@@ -270,13 +273,13 @@ class Sending:
             self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
             if self.warm_for != self.requests:  # this response's first cold range
                 self.warm_for = self.requests
-                self.warm_ahead = self.pos
-                self.warm_jobs = 0
-            if self.warm_ahead <= self.pos or not self.warm_jobs:
+                self.warm_pending = set()
+            if not self._warm_coming():
                 # Nothing asked covers it (or what was asked is in and gone again: the
                 # kernel reclaims page cache): ask from here. Else its window is coming.
                 self.warm_ahead = self.pos
                 self._ask_warm()
+            self._top_up()
             return
         dfd = res.direct_fd()
         if dfd < 0:  # no O_DIRECT on this file system: sendfile it, waiting if it must
@@ -298,25 +301,35 @@ class Sending:
         res = self.res
         assert res is not None
         start = self.warm_ahead
-        end = self.warm_ahead = min(self.stop, start + WARM_WINDOW)
-        self.warm_jobs += 1
+        end = min(self.stop, start + WARM_WINDOW)
         warmer = self.server.warmer
         assert warmer is not None
         response = self.requests  # which response asked: a later one on this connection
-        warmer.warm(res.fd, start, end, lambda: self._warmed(response))
+        warmer.warm(res.fd, start, end, self, lambda: self._warmed(response, start))
+        self.warm_ahead = end
+        self.warm_pending.add(start)
 
-    def _warmed(self, response: int) -> None:
+    def _warm_coming(self) -> bool:
+        """A window asked for and not in yet covers ``pos``."""
+        pos = self.pos
+        return any(start <= pos < start + WARM_WINDOW for start in self.warm_pending)
+
+    def _top_up(self) -> None:
+        """Keep WARM_AHEAD asked ahead of what is sent."""
+        if self.warm_ahead < self.stop and self.warm_ahead - self.pos < WARM_AHEAD:
+            self._ask_warm()
+
+    def _warmed(self, response: int, start: int) -> None:
         """A window asked for is in the page cache: ask for the next one, and go on
         with sendfile if the transfer was waiting for it."""
         res = self.res
         if res is None or response != self.requests:
             return  # that response is over
-        self.warm_jobs -= 1
-        if self.warm_ahead < self.stop and self.warm_ahead - self.pos < WARM_AHEAD:
-            self._ask_warm()
+        self.warm_pending.discard(start)
+        self._top_up()
         if self.state is AIO_WAIT and self.body is None:
             warm = transfer.warm_until(res.fd, self.pos, self.stop)
-            if warm == self.pos and not self.warm_jobs:
+            if warm == self.pos and not self._warm_coming():
                 # Read and gone again already, or the read failed: sendfile a slice as
                 # it is (on the loop, as with no probe) rather than ask forever.
                 warm = self.pos + MIN_WINDOW

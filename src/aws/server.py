@@ -144,9 +144,6 @@ class Server:
             b"static": self.static,
             b"dynamic": self.dynamic,
         }
-        self.warmer: Warmer | None = None
-        if config.static_cold == "cache":
-            self.warmer = Warmer(loop) if warmer is None else warmer.share()
         self.aio = AioReader(
             loop, config.aio_maxevents, config.aio_chunk, keep_buffers=4 * config.aio_depth
         )
@@ -172,6 +169,10 @@ class Server:
         self.on_drained: Callable[[], None] = loop.stop
         self._closed = False
         self._drain_done = False
+        # Last of what can fail: a start that fails above must not leave it shared.
+        self.warmer: Warmer | None = None
+        if config.static_cold == "cache":
+            self.warmer = Warmer(loop) if warmer is None else warmer.share()
         if accepting:
             self.start_accepting()
         loop.call_later(SWEEP_INTERVAL, self._sweep)

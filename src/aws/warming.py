@@ -28,20 +28,20 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from aws.loop import EPOLLIN, Loop
+from aws.loop import EPOLLIN, Handler, Loop
 
 log = logging.getLogger("aws.warming")
 
 THREADS = 4  # ranges read at once (each thread has one in the kernel)
 
-Job = tuple[int, int, int, Callable[[], None]]
+Job = tuple[int, int, int, Handler, Callable[[], None]]
 
 
 class Warmer:
     def __init__(self, loop: Loop, threads: int = THREADS) -> None:
         self.loop = loop
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self.finished: deque[Callable[[], None]] = deque()
+        self.finished: deque[tuple[Handler, Callable[[], None]]] = deque()
         # Opened here, not in a thread: a failure is the server's start failing, never
         # a thread gone and the ranges asked of it waited for forever.
         self.null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
@@ -57,52 +57,69 @@ class Warmer:
         self.users += 1
         return self
 
-    def warm(self, fd: int, start: int, end: int, done: Callable[[], None]) -> None:
+    def warm(
+        self, fd: int, start: int, end: int, handler: Handler, done: Callable[[], None]
+    ) -> None:
         """Read ``[start, end)`` of ``fd`` into the page cache; ``done`` runs on the loop
-        when it is there (or when reading it failed: the caller asks the page cache)."""
+        when it is there, or when reading it failed (the caller asks the page cache),
+        and what it raises is ``handler``'s failure. Raises if it cannot be asked."""
+        if self.closed:
+            raise RuntimeError("the warmer is closed")
         if not self.running:
+            self._start_threads()
+        self.jobs.put((os.dup(fd), start, end, handler, done))  # its own: the cache may close fd
+
+    def _start_threads(self) -> None:
+        for i in range(self.count):
+            thread = threading.Thread(target=self._run, name=f"aws-warm-{i}", daemon=True)
             with self.lock:
-                self.running = self.count
-            for i in range(self.count):
-                threading.Thread(target=self._run, name=f"aws-warm-{i}", daemon=True).start()
-        self.jobs.put((os.dup(fd), start, end, done))  # its own: the cache may close fd
+                self.running += 1
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: fewer read at once
+                with self.lock:
+                    self.running -= 1
+                if not self.running:
+                    raise
+                log.warning("only %d warming threads started", self.running)
+                return
 
     def _run(self) -> None:
-        null = self.null
         try:
             while (job := self.jobs.get()) is not None:
-                fd, pos, end, done = job
+                fd, pos, end, handler, done = job
                 try:
                     while pos < end:
-                        n = os.sendfile(null, fd, pos, end - pos)
+                        n = os.sendfile(self.null, fd, pos, end - pos)
                         if n == 0:  # the file is shorter now: sendfile will say so
                             break
                         pos += n
                 except OSError as exc:
                     log.debug("warming a range failed: %s", exc)
-                finally:
-                    os.close(fd)
-                self.finished.append(done)
-                with contextlib.suppress(OSError):
-                    os.eventfd_write(self.efd, 1)
+                finally:  # whatever happened, the transfer hears of it
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                    self.finished.append((handler, done))
+                    with contextlib.suppress(OSError):
+                        os.eventfd_write(self.efd, 1)
         finally:
             with self.lock:
                 self.running -= 1
                 last = self.running == 0 and self.closed
             if last:
                 os.close(self.efd)
-                os.close(null)
+                os.close(self.null)
 
     def on_event(self, events: int) -> None:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.efd)
         finished = self.finished
         while finished:
-            done = finished.popleft()
+            handler, done = finished.popleft()
             try:
                 done()
-            except Exception as exc:  # one transfer's failure is not the others' wait
-                log.exception("after warming a range: %r", exc)
+            except Exception as exc:  # that transfer's failure: it is closed, not left waiting
+                self.loop.handler_failed(handler, exc)
 
     def on_error(self, exc: BaseException) -> None:
         log.error("after warming a range: %r", exc)
@@ -116,8 +133,15 @@ class Warmer:
         with self.lock:
             self.closed = True
             started = self.running
+        while True:  # ranges nobody waits for any more: not read
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                os.close(job[0])
         for _ in range(started):
-            self.jobs.put(None)  # each thread ends after the job it is on
+            self.jobs.put(None)  # each thread ends after the range it is on
         if not started:
             os.close(self.efd)
             os.close(self.null)
