@@ -26,7 +26,7 @@ from aiobind.pagecache import pages
 from aws import transfer
 from aws.loop import Loop
 from aws.metrics import Shared, WorkerCounters, render
-from aws.warming import Warmer
+from aws.warming import Warmer, _own_description
 from tests.conftest import DocRoot, make_content, start_server, stop_server
 from tests.test_connection_states import Harness, RecordingConnection
 
@@ -664,3 +664,21 @@ def test_a_warmer_shared_by_a_reload_closes_with_its_last_server() -> None:
         assert warmer.closed and warmer.efd not in loop.handlers
     finally:
         loop.close()
+
+
+def test_each_window_is_read_through_a_description_of_its_own(cold_root: DocRoot) -> None:
+    """Not the dup's shared readahead state: the same file opened again, the dup closed."""
+    path = cold_root.path / "static" / "big.bin"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        dup = os.dup(fd)
+        own = _own_description(dup)
+        try:
+            assert own != fd and os.path.samestat(os.fstat(own), os.fstat(fd))
+            os.lseek(own, 4096, os.SEEK_SET)
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 0  # its own offset: its own description
+            assert not os.path.exists(f"/proc/self/fd/{dup}")  # the dup is closed
+        finally:
+            os.close(own)
+    finally:
+        os.close(fd)
