@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -523,6 +524,30 @@ def test_cache_mode_a_range_gone_again_before_it_was_sent_is_read_again(
         h.close()
 
 
+def test_cache_mode_a_late_completion_for_the_last_response_leaves_the_next_alone(
+    cold_root: DocRoot,
+) -> None:
+    """A window of response 1 may come in while response 2 on the same keep-alive
+    connection waits for its own: it must not count as one of response 2's."""
+    path = cold_root.path / "static" / "big.bin"
+    h = Harness(cold_root, static_cold="cache")
+    try:
+        evict(path)
+        assert _get(h, "/static/big.bin") == cold_root.content("/static/big.bin")
+        evict(path)
+        h.received.clear()
+        h.client.sendall(b"GET /static/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        conn = h.conn
+        h.pump_until(lambda: conn.state.name == "AIO_WAIT" and conn.warm_pending)
+        pending = set(conn.warm_pending)
+        conn._warmed(conn.requests - 1, min(pending))  # response 1's, arriving late
+        assert conn.warm_pending == pending and conn.state.name == "AIO_WAIT"
+        [(status, body)] = h.responses(1)
+        assert status == 200 and body == cold_root.content("/static/big.bin")
+    finally:
+        h.close()
+
+
 def test_cache_mode_a_range_the_threads_cannot_read_is_sent_anyway(cold_root: DocRoot) -> None:
     """A failed read (here: the threads' /dev/null refuses writes) is reported like a
     done one; the range is still cold, nothing more is coming, so it goes out by
@@ -682,3 +707,31 @@ def test_each_window_is_read_through_a_description_of_its_own(cold_root: DocRoot
             os.close(own)
     finally:
         os.close(fd)
+
+
+def test_cache_mode_survives_a_reload_in_one_process(cold_root: DocRoot, tmp_path: Path) -> None:
+    """SIGHUP to the single process with --static-cold cache: the new server takes the
+    warming threads over, cold files are still read into the page cache and served
+    whole, and the stop after it is clean."""
+    second = make_content(9 * MiB + 3)
+    (cold_root.path / "static" / "big2.bin").write_bytes(second)
+    cold_root.contents["/static/big2.bin"] = second
+    srv = start_server(
+        cold_root.path, docroot=cold_root, workers=1, extra=["--static-cold", "cache"]
+    )
+    try:
+        for name in ("big.bin", "big2.bin"):  # one before the reload, one after
+            if name == "big2.bin":
+                srv.proc.send_signal(signal.SIGHUP)
+                assert srv.wait_for_log("SIGHUP: reloaded the configuration", 10), srv.log()
+            path = cold_root.path / "static" / name
+            evict(path)
+            with requests.get(f"{srv.url}/static/{name}", timeout=30) as resp:
+                assert resp.content == cold_root.content(f"/static/{name}")
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                assert aiobind.cachestat(fd, 0, 0).cache == pages(0, path.stat().st_size)
+            finally:
+                os.close(fd)
+    finally:
+        assert stop_server(srv.proc) == 0, srv.log()
