@@ -266,11 +266,15 @@ class Sending:
         res = self.res
         assert res is not None
         server = self.server
+        dfd = res.direct_fd() if server.warmer is None else -1
+        if server.warmer is None and dfd < 0:
+            # No O_DIRECT on this file system: sendfile it, waiting if it must.
+            self.warm_to = self.stop
+            self._send_body(EPOLLOUT)
+            return
+        self.path = "mixed"  # part of a sendfile response was cold
+        self._wait_for_disk()
         if server.warmer is not None:
-            self.path = "mixed"
-            self._to(AIO_WAIT)
-            self.deadline = None  # the disk is ours to wait for, not the client's fault
-            self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
             if self.warm_for != self.requests:  # this response's first cold range
                 self.warm_for = self.requests
                 self.warm_pending = set()
@@ -281,20 +285,18 @@ class Sending:
                 self._ask_warm()
             self._top_up()
             return
-        dfd = res.direct_fd()
-        if dfd < 0:  # no O_DIRECT on this file system: sendfile it, waiting if it must
-            self.warm_to = self.stop
-            self._send_body(EPOLLOUT)
-            return
         depth = server.config.aio_depth
         limit = min(self.stop, self.pos + depth * server.aio.chunk_size)
         end = transfer.cold_until(res.fd, self.pos, limit)
         transfer.refill(res.fd, self.pos, end)
-        self.path = "mixed"  # part of a sendfile response read by AIO: it was cold
-        self._to(AIO_WAIT)
-        self.deadline = None  # the disk is ours to wait for, not the client's fault
-        self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
         self.body = DynamicBody(server.aio, self, dfd, self.pos, end, depth)
+
+    def _wait_for_disk(self) -> None:
+        """AIO_WAIT for a read of ours, with no send deadline (the disk is ours to wait
+        for, not the client's fault), reading ahead what the client pipelines."""
+        self._to(AIO_WAIT)
+        self.deadline = None
+        self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
 
     def _ask_warm(self) -> None:
         """Ask the next window after ``warm_ahead`` into the page cache."""
@@ -392,9 +394,7 @@ class Sending:
             else:
                 self._block()
         else:
-            self._to(AIO_WAIT)
-            self.deadline = None  # the disk is ours to wait for, not the client's fault
-            self._want(0 if self.eof or len(self.framer.buf) >= READ_AHEAD_LIMIT else EPOLLIN)
+            self._wait_for_disk()
 
     def _failed_transfer(self, exc: transfer.TransferFailed) -> None:
         self.sent += exc.moved  # what went before the failure: the log says how much
