@@ -446,6 +446,20 @@ def _links_to(path: Path) -> int:
     return count
 
 
+def _cached_but_reclaimed(path: Path) -> int:
+    """The whole file went into the page cache: every page is there but those the kernel
+    took back on its own since (this VM reclaims page cache: at most 1% here, counted by
+    cachestat as evicted). Returns how many it took back."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stat = aiobind.cachestat(fd, 0, 0)
+    finally:
+        os.close(fd)
+    total = pages(0, path.stat().st_size)
+    assert stat.cache + stat.evicted >= total and stat.cache >= total * 0.99, stat
+    return total - stat.cache
+
+
 def test_cache_mode_reads_a_cold_body_into_the_page_cache_and_sendfiles_it(
     cold_root: DocRoot,
 ) -> None:
@@ -458,18 +472,14 @@ def test_cache_mode_reads_a_cold_body_into_the_page_cache_and_sendfiles_it(
         assert names[:5] == ["READ_HEAD", "SEND_HEAD", "SEND_FILE", "AIO_WAIT", "SEND_FILE"]
         assert "SEND_BUFFER" not in names  # no AIO buffer: every byte went by sendfile
         assert h.conn.path == "mixed"
-        fd = os.open(path, os.O_RDONLY)
-        try:  # left in the page cache for the next request
-            assert aiobind.cachestat(fd, 0, 0).cache == pages(0, path.stat().st_size)
-        finally:
-            os.close(fd)
+        missing = _cached_but_reclaimed(path)  # left in the page cache for the next request
     finally:
         h.close()
     again = Harness(cold_root, static_cold="cache")
-    try:  # the next client finds it cached: sendfile alone
+    try:  # the next client finds it cached: sendfile alone, but for what the kernel took
         assert _get(again, "/static/big.bin") == cold_root.content("/static/big.bin")
-        assert "AIO_WAIT" not in [s.name for s in again.conn.trace]
-        assert again.conn.path == "sendfile"
+        assert [s.name for s in again.conn.trace].count("AIO_WAIT") <= missing
+        assert again.conn.path in (("sendfile", "mixed") if missing else ("sendfile",))
     finally:
         again.close()
 
@@ -596,17 +606,14 @@ def test_cache_mode_downloads_end_to_end_leave_the_file_cached(
             ranged = http.get(url, headers={"Range": "bytes=5000000-"}, timeout=30)
             assert ranged.status_code == 206 and ranged.content == content[5_000_000:]
             assert http.get(url, timeout=30).content == content  # its first part was cold
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                assert aiobind.cachestat(fd, 0, 0).cache == pages(0, path.stat().st_size)
-            finally:
-                os.close(fd)
+            missing = _cached_but_reclaimed(path)
             assert http.get(url, timeout=30).content == content
         deadline = time.monotonic() + 5
         while log.read_text().count("\n") < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         vias = [line.split('"via":"')[1].split('"')[0] for line in log.read_text().splitlines()]
-        assert vias == ["mixed", "mixed", "sendfile"], vias
+        assert vias[:2] == ["mixed", "mixed"], vias
+        assert vias[2:] in ([["sendfile"], ["mixed"]] if missing else [["sendfile"]]), vias
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
 
@@ -728,10 +735,6 @@ def test_cache_mode_survives_a_reload_in_one_process(cold_root: DocRoot, tmp_pat
             evict(path)
             with requests.get(f"{srv.url}/static/{name}", timeout=30) as resp:
                 assert resp.content == cold_root.content(f"/static/{name}")
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                assert aiobind.cachestat(fd, 0, 0).cache == pages(0, path.stat().st_size)
-            finally:
-                os.close(fd)
+            _cached_but_reclaimed(path)
     finally:
         assert stop_server(srv.proc) == 0, srv.log()
