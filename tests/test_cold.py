@@ -71,11 +71,20 @@ def cold_root() -> Iterator[DocRoot]:
 
 def test_cachestat_sees_eviction_and_reads(cold_root: DocRoot) -> None:
     path = cold_root.path / "static" / "big.bin"
-    evict(path)
     fd = os.open(path, os.O_RDONLY)
     try:
-        assert aiobind.cachestat(fd, 0, 0).cache == 0
-        assert not aiobind.uptodate_at(fd, 0)
+        # A RWF_NOWAIT miss starts readahead. On this VM's disk (the host caches it) that
+        # read can complete before the probe looks again, if the vCPU is held off in
+        # between (steal): the page is then readable, and the probe rightly says so. So
+        # a probe that found it already read is tried again on a fresh eviction.
+        for _ in range(3):
+            evict(path)
+            assert aiobind.cachestat(fd, 0, 0).cache == 0
+            if not aiobind.uptodate_at(fd, 0):
+                break
+        else:
+            raise AssertionError("an evicted page was readable without waiting, 3 times")
+        evict(path)
         assert transfer.warm_until(fd, 0, 12 * MiB) == 0
         os.pread(fd, 5 * MiB, 0)
         assert aiobind.cachestat(fd, 0, 5 * MiB).cache == 5 * MiB // aiobind.PAGE_SIZE
