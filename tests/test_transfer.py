@@ -135,3 +135,42 @@ def test_ssl_sendfile_stages_no_more_than_the_budget_left() -> None:
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+def test_ssl_send_buffers_hands_ssl_a_slice_and_the_same_one_again_after_a_block() -> None:
+    """An AIO buffer is 1 MiB: SSL_write takes at most SSL_SLICE of it at a time (the
+    turn's budget bounds how many slices), and a write that blocked is offered the very
+    same bytes next time, as OpenSSL requires."""
+    data = os.urandom(MiB)
+
+    class Body:
+        sent = 0
+
+        def view(self) -> memoryview | None:
+            return memoryview(data)[self.sent :]
+
+        def advance(self, n: int) -> bool:
+            self.sent += n
+            return self.sent >= len(data)
+
+    class Recording(_SslSink):
+        def __init__(self, room: int = 1 << 40) -> None:
+            super().__init__(room)
+            self.offered: list[bytes] = []
+
+        def send(self, data: memoryview) -> int:
+            self.offered.append(bytes(data))
+            return super().send(data)
+
+    body = Body()
+    sink = Recording()
+    outcome, _, sent = transfer.ssl_send_buffers(sink, body, b"", 300 * 1024)  # type: ignore[arg-type]
+    assert outcome is transfer.BLOCKED and sent == 2 * transfer.SSL_SLICE  # budget spent
+    assert [len(o) for o in sink.offered] == [transfer.SSL_SLICE] * 2
+    full = Recording(room=0)
+    outcome, _, sent = transfer.ssl_send_buffers(full, body, b"", MiB)  # type: ignore[arg-type]
+    assert outcome is transfer.BLOCKED and sent == 0
+    outcome, _, sent = transfer.ssl_send_buffers(sink, body, b"", MiB)  # type: ignore[arg-type]
+    assert sink.offered[2] == full.offered[0]  # the retry: the same bytes, the same length
+    assert outcome is transfer.DONE and body.sent == MiB
+    assert b"".join(sink.offered) == data

@@ -218,7 +218,8 @@ class Config:
         help="a /static/ body (or single range) partly not in the page cache: read the "
         "cold part by O_DIRECT AIO and send it from buffers (direct: nothing is left "
         "cached), or let the worker's warming threads read it into the page cache and "
-        "sendfile it from there (cache: the next request finds it cached)",
+        "sendfile it from there (cache: the next request finds it cached; the cold "
+        "parts of a multipart/byteranges body are read by O_DIRECT in both)",
     )
     aio_maxevents: int = option(
         256, parse=positive_int, help="AIO reads in flight per worker (io_setup size)"

@@ -47,14 +47,16 @@ def segments(
 
 class Cursor:
     """Where a multipart transfer is: the bytes of the current segment still to send,
-    then its file range ``[pos, stop)``."""
+    then its file range ``[pos, stop)``, known to be in the page cache up to
+    ``warm_to``."""
 
-    __slots__ = ("data", "index", "pos", "segments", "stop")
+    __slots__ = ("data", "index", "pos", "segments", "stop", "warm_to")
 
     def __init__(self, segs: list[Segment]) -> None:
         self.segments = segs
         self.index = 0
         self.data, self.pos, self.stop = segs[0]
+        self.warm_to = self.pos  # not asked yet
 
     def advance(self) -> bool:
         """On to the next segment; False when there is none."""
@@ -62,6 +64,7 @@ class Cursor:
         if self.index >= len(self.segments):
             return False
         self.data, self.pos, self.stop = self.segments[self.index]
+        self.warm_to = self.pos
         return True
 
 

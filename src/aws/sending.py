@@ -156,10 +156,21 @@ class Sending:
             self._to(SEND_HEAD)
             self._send_head(EPOLLOUT)
             return
-        self.path = "aio-direct" if res.direct else "aio-buffered"
+        fd = res.fd
+        direct = res.direct
+        if not direct and not all(
+            transfer.in_page_cache(fd, start, stop) for _, start, stop in reply.segments
+        ):
+            # A buffered io_submit reads a cold part inside the call, on the loop: every
+            # part is asked about (a few ranges: one cachestat each), and a body with
+            # one cold is read with O_DIRECT.
+            dfd = res.direct_fd()
+            if dfd >= 0:
+                fd, direct = dfd, True
+        self.path = "aio-direct" if direct else "aio-buffered"
         self._to(AIO_WAIT)
-        self.body = MultipartBody(server.aio, self, res.fd, reply.segments, server.config.aio_depth)
-        if not res.direct:
+        self.body = MultipartBody(server.aio, self, fd, reply.segments, server.config.aio_depth)
+        if not direct:
             server.aio.reap_now()
 
     def _block(self) -> None:
@@ -285,11 +296,18 @@ class Sending:
                 self._ask_warm()
             self._top_up()
             return
+        self._read_direct(dfd, self.pos, self.stop)
+
+    def _read_direct(self, dfd: int, pos: int, stop: int) -> None:
+        """Read the cold extent from ``pos`` (to ``stop`` at most) by AIO through the
+        O_DIRECT descriptor ``dfd``, into the body the buffers are sent from."""
+        res = self.res
+        assert res is not None
+        server = self.server
         depth = server.config.aio_depth
-        limit = min(self.stop, self.pos + depth * server.aio.chunk_size)
-        end = transfer.cold_until(res.fd, self.pos, limit)
-        transfer.refill(res.fd, self.pos, end)
-        self.body = DynamicBody(server.aio, self, dfd, self.pos, end, depth)
+        end = transfer.cold_until(res.fd, pos, min(stop, pos + depth * server.aio.chunk_size))
+        transfer.refill(res.fd, pos, end)
+        self.body = DynamicBody(server.aio, self, dfd, pos, end, depth)
 
     def _wait_for_disk(self) -> None:
         """AIO_WAIT for a read of ours, with no send deadline (the disk is ours to wait
@@ -352,11 +370,29 @@ class Sending:
         if outcome is transfer.DONE:
             self.parts = None
             self._finish()
+        elif outcome is transfer.COLD:
+            self._read_cold_part()
         elif sent >= budget:
             self._next_turn()
         else:
             self._block()
         return sent
+
+    def _read_cold_part(self) -> None:
+        """A part of a ``/static/`` multipart body is not in the page cache: its cold
+        range is read by AIO (O_DIRECT, whichever ``--static-cold``: a multipart body is
+        a few ranges, not a download to keep) and sent from the buffers, then the parts
+        go on by sendfile."""
+        res, cursor = self.res, self.parts
+        assert res is not None and cursor is not None
+        dfd = res.direct_fd()
+        if dfd < 0:  # no O_DIRECT on this file system: sendfile it, waiting if it must
+            cursor.warm_to = cursor.stop
+            self._send_body(EPOLLOUT)
+            return
+        self.path = "mixed"
+        self._wait_for_disk()
+        self._read_direct(dfd, cursor.pos, cursor.stop)
 
     def on_body_ready(self) -> None:
         """The AIO read the response is waiting for has completed."""
@@ -380,6 +416,14 @@ class Sending:
         """What follows a send of AIO buffers, whichever socket took them (``spent``:
         the budget ran out, not the socket's room)."""
         if outcome is transfer.DONE:
+            cursor = self.parts
+            if cursor is not None:  # a cold range of a part went out: on with the parts
+                cursor.pos = body.end
+                body.close()
+                self.body = None
+                self._to(SEND_FILE)
+                self._send_body(EPOLLOUT)
+                return
             if self.path == "mixed" and body.end < self.stop:  # a cold range went out
                 self.pos = body.end
                 body.close()

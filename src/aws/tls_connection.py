@@ -250,32 +250,55 @@ class TlsConnection(Connection):
             return super()._move_file(budget)  # the kernel encrypts what sendfile moves
         res, stage = self.res, self.stage
         assert res is not None and stage is not None
-        start = self.pos
-        try:
-            pos, blocked = transfer.ssl_sendfile(
-                self.sock,  # type: ignore[arg-type]
-                stage,
-                res.fd,
-                start,
-                self.stop,
-                budget,
-            )
-        except transfer.TransferFailed as exc:
-            self._failed_transfer(exc)
-            return exc.moved
-        self.sent += pos - start
-        self.pos = pos
-        if pos >= self.stop:
-            self._finish()
-        elif blocked:
-            self._block()
-        else:
-            self._next_turn()
-        return pos - start
+        begin = pos = self.pos
+        stop = self.stop
+        while True:
+            if pos >= self.warm_to and stage.sent == stage.body == 0:
+                # The next chunk is not read yet: preadv would wait for a cold one on the
+                # loop. Ask, as sendfile does, and read a cold range by AIO instead.
+                if self.warm_for == self.requests:
+                    self._top_up()
+                warm = transfer.warm_until(res.fd, pos, stop)
+                if warm == pos:
+                    self._read_cold()
+                    return pos - begin
+                self.warm_to = warm
+            end = max(self.warm_to, pos + stage.body)  # a staged chunk goes as it is
+            try:
+                new, blocked = transfer.ssl_sendfile(
+                    self.sock,  # type: ignore[arg-type]
+                    stage,
+                    res.fd,
+                    pos,
+                    min(end, stop),
+                    budget,
+                )
+            except transfer.TransferFailed as exc:
+                self._failed_transfer(exc)
+                return pos - begin + exc.moved
+            moved = new - pos
+            self.sent += moved
+            self.pos = pos = new
+            budget -= moved
+            if new >= stop:
+                self._finish()
+            elif blocked:
+                self._block()
+            elif budget <= 0 or new < end:
+                self._next_turn()
+            else:
+                continue  # the end of what the page cache was known to hold: ask again
+            return new - begin
 
     def _move_buffers(self, budget: int) -> int:
         body = self.body
         assert body is not None
+        stage = self.stage
+        if stage is not None and stage.filled and stage.sent == stage.body == 0:
+            # The head waited in the stage for a first chunk that was cold: it goes ahead
+            # of the AIO buffers instead (SSL has not seen it yet).
+            self.out = bytes(stage.mem[: stage.filled]) + self.out
+            stage.filled = 0
         try:
             outcome, self.out, sent = transfer.ssl_send_buffers(
                 self.sock,  # type: ignore[arg-type]

@@ -62,6 +62,7 @@ _COUNTING = [True]  # cachestat exists here; ENOSYS turns it off for the process
 DONE = "done"
 BLOCKED = "blocked"  # the socket is full: wait for EPOLLOUT (or the budget was spent)
 WAITING = "waiting"  # the next bytes are still being read from the disk
+COLD = "cold"  # the next bytes are not in the page cache: sendfile would wait for them
 
 
 class TransferFailed(Exception):
@@ -115,8 +116,9 @@ def sendfile(out_fd: int, in_fd: int, pos: int, stop: int, budget: int) -> int:
 
 def send_parts(sock: socket.socket, in_fd: int, cursor: Cursor, budget: int) -> tuple[str, int]:
     """A multipart body on ``/static/``: each segment's bytes with ``send`` (MSG_MORE
-    while file bytes follow), then its range with ``sendfile``. Returns ``(DONE or
-    BLOCKED, bytes sent)``; ``cursor`` keeps the place."""
+    while file bytes follow), then its range with ``sendfile`` over what the page cache
+    holds. Returns ``(DONE, BLOCKED or COLD, bytes sent)``; ``cursor`` keeps the place
+    (COLD: the part's next bytes, at ``cursor.pos``, would come from the disk)."""
     out_fd = sock.fileno()
     sent = 0
     try:
@@ -129,13 +131,19 @@ def send_parts(sock: socket.socket, in_fd: int, cursor: Cursor, budget: int) -> 
                 if left:
                     return BLOCKED, sent
             pos = cursor.pos
-            if pos < cursor.stop:
+            while pos < cursor.stop:
                 if sent >= budget:
                     return BLOCKED, sent  # level-triggered EPOLLOUT brings it back next turn
-                new = sendfile(out_fd, in_fd, pos, cursor.stop, budget - sent)
+                if pos >= cursor.warm_to:
+                    warm = warm_until(in_fd, pos, cursor.stop)
+                    if warm == pos:
+                        return COLD, sent
+                    cursor.warm_to = warm
+                end = cursor.warm_to
+                new = sendfile(out_fd, in_fd, pos, end, budget - sent)
                 sent += new - pos
-                cursor.pos = new
-                if new < cursor.stop:
+                cursor.pos = pos = new
+                if new < end and sent < budget:
                     return BLOCKED, sent
             if not cursor.advance():
                 return DONE, sent
@@ -229,6 +237,12 @@ def warm_until(fd: int, pos: int, stop: int) -> int:
     return pos
 
 
+def in_page_cache(fd: int, start: int, stop: int) -> bool:
+    """Whether all of ``[start, stop)`` can be read without waiting for the disk (an
+    empty range can)."""
+    return stop <= start or _readable(fd, start, stop)
+
+
 def _readable(fd: int, start: int, end: int) -> bool:
     """Every page of ``[start, end)`` in the page cache, and the last one readable (a
     page being read in is counted by cachestat before it can be read)."""
@@ -296,6 +310,12 @@ def refill(fd: int, pos: int, end: int) -> None:
 # write would be handled too.
 
 _SSL_BLOCKED = (ssl.SSLWantWriteError, ssl.SSLWantReadError)
+# SSL_write takes what it is given whole (no partial writes), so an AIO buffer (1 MiB)
+# handed over at once was a megabyte encrypted in one call, whatever the turn's budget:
+# loop turns of 1-2.5 ms beside HTTPS downloads. A buffer goes in slices of this much
+# instead: a constant, so that a write retried after SSLWantWriteError offers the very
+# same bytes again, as OpenSSL requires (the view is not advanced meanwhile).
+SSL_SLICE = 256 << 10
 
 
 def ssl_send_bytes(sock: ssl.SSLSocket, data: bytes, more: bool = False) -> bytes:
@@ -400,7 +420,7 @@ def ssl_send_buffers(
         if view is None:
             return WAITING, head, sent
         try:
-            n = sock.send(view)
+            n = sock.send(view[:SSL_SLICE])
         except _SSL_BLOCKED:
             view.release()
             return BLOCKED, head, sent  # the view comes back unadvanced: the same bytes
