@@ -20,6 +20,7 @@ import pytest
 import requests
 
 import aiobind
+from aws.resource import Resource
 from aws.tls_connection import TlsConnection
 from tests.conftest import DocRoot, stop_server
 from tests.test_cold import (
@@ -377,3 +378,48 @@ def test_end_to_end_cold_multipart_and_https_bodies_are_served_and_logged_mixed(
         assert _vias(log, 2) == ["mixed", "mixed"]
     finally:
         assert stop_server(https.srv.proc) == 0, https.srv.log()
+
+
+def test_a_long_part_of_a_buffered_file_is_read_with_o_direct_even_when_cached(
+    cold_root: DocRoot,  # noqa: F811
+    certs: Certs,
+) -> None:
+    """Asking costs a probe per 256 KiB where cachestat is refused, so a part longer
+    than one body's reads in flight is not asked about: it is read with O_DIRECT."""
+    path = cold_root.path / "static" / "big.bin"
+    content = cold_root.content("/static/big.bin")
+    warm(path, len(content))
+    h = TlsHarness(cold_root, certs)  # no kTLS: /static/ parts go by buffered AIO
+    try:
+        long = [(0, 10), (MiB, 5 * MiB)]
+        h.send(
+            f"GET /static/big.bin HTTP/1.1\r\nHost: t\r\nRange: {_ranges(long)}\r\n\r\n".encode()
+        )
+        h.pump_until(lambda: h.received.endswith(b"--\r\n"))
+        head = bytes(h.received[: h.received.find(b"\r\n\r\n")]).decode("latin-1")
+        [ctype] = re.findall(r"(?im)^content-type: (.*)$", head)
+        assert bytes(h.received[len(head) + 4 :]) == expected_body(
+            boundary_of(ctype.strip()), content, long
+        )
+        assert h.conn.path == "aio-direct"
+        h.received.clear()
+        h.send(f"GET /static/big.bin HTTP/1.1\r\nHost: t\r\nRange: {_ranges(TWO)}\r\n\r\n".encode())
+        h.pump_until(lambda: h.received.endswith(b"--\r\n"))
+        assert h.conn.path == "aio-buffered"  # short parts, cached: from the page cache
+        _tls_clean(h)
+    finally:
+        h.close()
+
+
+def test_without_o_direct_a_cold_part_is_sent_by_sendfile(
+    harness: Harness,
+    cold_root: DocRoot,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file system that refuses O_DIRECT: the cold part cannot be read by AIO, so it
+    goes by sendfile as it would with no probe (waiting if it must), and all is sent."""
+    monkeypatch.setattr(Resource, "direct_fd", lambda self: -1)
+    evict(cold_root.path / "static" / "big.bin")
+    ctype, body = _multipart(harness, "/static/big.bin", TWO)
+    assert body == expected_body(boundary_of(ctype), cold_root.content("/static/big.bin"), TWO)
+    assert "AIO_WAIT" not in _names(harness) and harness.conn.path == "sendfile"

@@ -317,3 +317,29 @@ def test_with_ktls_static_bodies_take_the_sendfile_loop(
     assert harness.conn.ktls
     assert calls == [(0, size, harness.server.config.sendfile_chunk)]
     assert harness.server.tls.buffers.outstanding == 0 and harness.server.tls.buffers.idle == 0
+
+
+def test_with_ktls_a_multipart_static_body_sends_its_delimiters_through_ssl(
+    harness: TlsHarness, docroot: DocRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parts go by sendfile on the kTLS socket, their delimiters through SSL: an
+    SSLSocket's send takes no flags (MSG_MORE raised ValueError and closed the
+    connection), and its bytes must be encrypted in order with the parts'."""
+    assert harness.server.tls is not None
+    harness.server.tls.ktls_requested = True
+    monkeypatch.setattr(tls_connection.tls, "kernel_sends", lambda sock: True)
+
+    def kernel_sendfile(out_fd: int, in_fd: int, pos: int, stop: int, budget: int) -> int:
+        end = min(stop, pos + budget)
+        harness.conn.sock.sendall(os.pread(in_fd, end - pos, pos))  # what kTLS would send
+        return end
+
+    monkeypatch.setattr(tls_connection.transfer, "sendfile", kernel_sendfile)
+    path = f"/static/{file_name(BIG)}"
+    data = docroot.content(path)
+    harness.send(_get(path, "Range: bytes=0-99,500000-500099\r\n"))
+    harness.pump_until(lambda: harness.received.endswith(b"--\r\n"))
+    body = bytes(harness.received)
+    assert b" 206 " in body.split(b"\r\n", 1)[0] and harness.conn.ktls
+    assert data[:100] in body and data[500000:500100] in body
+    assert body.count(b"Content-Range: bytes ") == 2

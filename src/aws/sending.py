@@ -159,11 +159,10 @@ class Sending:
         fd = res.fd
         direct = res.direct
         if not direct and not all(
-            transfer.in_page_cache(fd, start, stop) for _, start, stop in reply.segments
+            self._short_and_cached(fd, start, stop) for _, start, stop in reply.segments
         ):
-            # A buffered io_submit reads a cold part inside the call, on the loop: every
-            # part is asked about (a few ranges: one cachestat each), and a body with
-            # one cold is read with O_DIRECT.
+            # A buffered io_submit reads a cold part inside the call, on the loop: a body
+            # with a part that is cold, or too long to vouch for, is read with O_DIRECT.
             dfd = res.direct_fd()
             if dfd >= 0:
                 fd, direct = dfd, True
@@ -172,6 +171,14 @@ class Sending:
         self.body = MultipartBody(server.aio, self, fd, reply.segments, server.config.aio_depth)
         if not direct:
             server.aio.reap_now()
+
+    def _short_and_cached(self, fd: int, start: int, stop: int) -> bool:
+        """Whether a part can be read buffered: no longer than one body's reads in flight
+        (so the asking costs a few probes at most, whatever the part's size, where
+        cachestat is refused), and in the page cache."""
+        server = self.server
+        short = stop - start <= server.config.aio_depth * server.aio.chunk_size
+        return short and transfer.in_page_cache(fd, start, stop)
 
     def _block(self) -> None:
         """The socket is full: wait for EPOLLOUT, and for at most send_timeout."""
@@ -241,15 +248,8 @@ class Sending:
         begin = pos = self.pos
         stop = self.stop
         while True:
-            if pos >= self.warm_to:
-                if self.warm_for == self.requests:  # warming this body: keep ahead of it
-                    self.pos = pos
-                    self._top_up()
-                warm = transfer.warm_until(res.fd, pos, stop)
-                if warm == pos:
-                    self._read_cold()
-                    return pos - begin
-                self.warm_to = warm
+            if pos >= self.warm_to and not self._cached_ahead():
+                return pos - begin
             end = self.warm_to
             try:
                 new = transfer.sendfile(self.fd, res.fd, pos, end, budget)
@@ -269,6 +269,20 @@ class Sending:
             else:
                 continue  # the end of what the page cache was known to hold: ask again
             return new - begin
+
+    def _cached_ahead(self) -> bool:
+        """Ask how far the page cache holds the body from ``pos`` (``warm_to``); when the
+        next bytes are cold, start reading them without the loop (False)."""
+        res = self.res
+        assert res is not None
+        if self.warm_for == self.requests:  # warming this body: keep ahead of it
+            self._top_up()
+        warm = transfer.warm_until(res.fd, self.pos, self.stop)
+        if warm == self.pos:
+            self._read_cold()
+            return False
+        self.warm_to = warm
+        return True
 
     def _read_cold(self) -> None:
         """The next range is not in the page cache (the mixed path): read it by AIO and
@@ -362,7 +376,9 @@ class Sending:
         res = self.res
         assert res is not None and self.parts is not None
         try:
-            outcome, sent = transfer.send_parts(self.sock, res.fd, self.parts, budget)
+            outcome, sent = transfer.send_parts(
+                self.sock, res.fd, self.parts, budget, self.send_out
+            )
         except transfer.TransferFailed as exc:
             self._failed_transfer(exc)
             return exc.moved
@@ -417,15 +433,12 @@ class Sending:
         the budget ran out, not the socket's room)."""
         if outcome is transfer.DONE:
             cursor = self.parts
-            if cursor is not None:  # a cold range of a part went out: on with the parts
-                cursor.pos = body.end
-                body.close()
-                self.body = None
-                self._to(SEND_FILE)
-                self._send_body(EPOLLOUT)
-                return
-            if self.path == "mixed" and body.end < self.stop:  # a cold range went out
-                self.pos = body.end
+            if cursor is not None or (self.path == "mixed" and body.end < self.stop):
+                # A cold range went out (of the body, or of a part): back to sendfile.
+                if cursor is not None:
+                    cursor.pos = body.end
+                else:
+                    self.pos = body.end
                 body.close()
                 self.body = None
                 self._to(SEND_FILE)

@@ -253,16 +253,10 @@ class TlsConnection(Connection):
         begin = pos = self.pos
         stop = self.stop
         while True:
-            if pos >= self.warm_to and stage.sent == stage.body == 0:
-                # The next chunk is not read yet: preadv would wait for a cold one on the
-                # loop. Ask, as sendfile does, and read a cold range by AIO instead.
-                if self.warm_for == self.requests:
-                    self._top_up()
-                warm = transfer.warm_until(res.fd, pos, stop)
-                if warm == pos:
-                    self._read_cold()
-                    return pos - begin
-                self.warm_to = warm
+            # Before a chunk is read (never with one half taken by SSL): preadv would
+            # wait for a cold one on the loop, so ask first, as sendfile does.
+            if pos >= self.warm_to and stage.sent == stage.body == 0 and not self._cached_ahead():
+                return pos - begin
             end = max(self.warm_to, pos + stage.body)  # a staged chunk goes as it is
             try:
                 new, blocked = transfer.ssl_sendfile(

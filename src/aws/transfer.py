@@ -16,6 +16,7 @@ import errno
 import os
 import socket
 import ssl
+from collections.abc import Callable
 
 from aiobind.buffers import AlignedBuffer
 from aiobind.pagecache import PAGE, cachestat, pages, uptodate_at
@@ -114,18 +115,25 @@ def sendfile(out_fd: int, in_fd: int, pos: int, stop: int, budget: int) -> int:
     return pos
 
 
-def send_parts(sock: socket.socket, in_fd: int, cursor: Cursor, budget: int) -> tuple[str, int]:
+def send_parts(
+    sock: socket.socket,
+    in_fd: int,
+    cursor: Cursor,
+    budget: int,
+    send: Callable[[socket.socket, bytes, bool], bytes] = send_bytes,
+) -> tuple[str, int]:
     """A multipart body on ``/static/``: each segment's bytes with ``send`` (MSG_MORE
-    while file bytes follow), then its range with ``sendfile`` over what the page cache
-    holds. Returns ``(DONE, BLOCKED or COLD, bytes sent)``; ``cursor`` keeps the place
-    (COLD: the part's next bytes, at ``cursor.pos``, would come from the disk)."""
+    while file bytes follow; through SSL on a kTLS socket, which takes no flags), then
+    its range with ``sendfile`` over what the page cache holds. Returns ``(DONE,
+    BLOCKED or COLD, bytes sent)``; ``cursor`` keeps the place (COLD: the part's next
+    bytes, at ``cursor.pos``, would come from the disk)."""
     out_fd = sock.fileno()
     sent = 0
     try:
         while True:
             data = cursor.data
             if data:
-                left = send_bytes(sock, data, cursor.pos < cursor.stop)
+                left = send(sock, data, cursor.pos < cursor.stop)
                 sent += len(data) - len(left)
                 cursor.data = left
                 if left:
