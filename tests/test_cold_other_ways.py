@@ -10,6 +10,7 @@ Files live under /var/tmp, as in :mod:`tests.test_cold`: a real disk, where
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -188,11 +189,18 @@ def _tls_get(h: TlsHarness, path: str, length: int, extra: str = "") -> bytes:
     return h.body_of(length)
 
 
-def _tls_clean(h: TlsHarness) -> None:
-    for _ in range(5):
-        h.loop.run_once()
-    assert h.conn.stage is None and h.conn.body is None
-    assert h.server.tls is not None and h.server.tls.buffers.outstanding == 0
+@contextlib.contextmanager
+def _tls(root: DocRoot, certs: Certs, **options: object) -> Iterator[TlsHarness]:
+    """A TLS harness; after the test's requests, its buffers are all back."""
+    h = TlsHarness(root, certs, **options)
+    try:
+        yield h
+        for _ in range(5):
+            h.loop.run_once()
+        assert h.conn.stage is None and h.conn.body is None
+        assert h.server.tls is not None and h.server.tls.buffers.outstanding == 0
+    finally:
+        h.close()
 
 
 def test_a_cold_static_body_over_tls_is_read_by_aio(
@@ -203,8 +211,7 @@ def test_a_cold_static_body_over_tls_is_read_by_aio(
     goes ahead of the AIO buffers; the rest by AIO, back to SSL_write where cached."""
     path = cold_root.path / "static" / "big.bin"
     content = cold_root.content("/static/big.bin")
-    h = TlsHarness(cold_root, certs)
-    try:
+    with _tls(cold_root, certs) as h:
         assert not h.conn.ktls  # a socketpair: never kernel TLS
         evict(path)
         with open(path, "rb") as f:  # the tail cached, past what AIO reads at once
@@ -215,9 +222,6 @@ def test_a_cold_static_body_over_tls_is_read_by_aio(
         assert "SEND_HEAD SEND_FILE AIO_WAIT SEND_BUFFER" in names, names
         assert "SEND_BUFFER SEND_FILE" in names, names  # the cached tail by SSL_write
         assert h.conn.path == "mixed"
-        _tls_clean(h)
-    finally:
-        h.close()
 
 
 def test_a_cached_static_body_over_tls_never_waits(
@@ -226,14 +230,10 @@ def test_a_cached_static_body_over_tls_never_waits(
 ) -> None:
     path = cold_root.path / "static" / "big.bin"
     content = cold_root.content("/static/big.bin")
-    h = TlsHarness(cold_root, certs)
-    try:
+    with _tls(cold_root, certs) as h:
         warm(path, len(content))
         assert _tls_get(h, "/static/big.bin", len(content)) == content
         assert "AIO_WAIT" not in _names(h) and h.conn.path == "tls-copy"
-        _tls_clean(h)
-    finally:
-        h.close()
 
 
 def test_a_static_body_over_tls_with_a_cold_hole_reads_only_the_hole_by_aio(
@@ -252,8 +252,7 @@ def test_a_static_body_over_tls_with_a_cold_hole_reads_only_the_hole_by_aio(
         read_cold(conn)
 
     monkeypatch.setattr(TlsConnection, "_read_cold", recording)
-    h = TlsHarness(cold_root, certs)
-    try:
+    with _tls(cold_root, certs) as h:
         for _ in range(3):  # reclaim may make a second hole: a second wait, still right
             _cached_but(path, (hole, 64 * 1024))
             cold_at.clear()
@@ -264,9 +263,6 @@ def test_a_static_body_over_tls_with_a_cold_hole_reads_only_the_hole_by_aio(
         names = _names(h)
         assert "SEND_FILE AIO_WAIT SEND_BUFFER SEND_FILE DONE" in names, names
         assert h.conn.path == "mixed"
-        _tls_clean(h)
-    finally:
-        h.close()
 
 
 def test_a_range_over_tls_of_a_cold_file_is_read_by_aio(
@@ -275,15 +271,11 @@ def test_a_range_over_tls_of_a_cold_file_is_read_by_aio(
 ) -> None:
     path = cold_root.path / "static" / "big.bin"
     content = cold_root.content("/static/big.bin")
-    h = TlsHarness(cold_root, certs)
-    try:
+    with _tls(cold_root, certs) as h:
         evict(path)
         got = _tls_get(h, "/static/big.bin", 1000, "Range: bytes=5000000-5000999\r\n")
         assert got == content[5_000_000:5_001_000]
         assert "AIO_WAIT" in _names(h) and h.conn.path == "mixed"
-        _tls_clean(h)
-    finally:
-        h.close()
 
 
 def test_cache_mode_over_tls_reads_a_cold_body_into_the_page_cache(
@@ -292,17 +284,13 @@ def test_cache_mode_over_tls_reads_a_cold_body_into_the_page_cache(
 ) -> None:
     path = cold_root.path / "static" / "big.bin"
     content = cold_root.content("/static/big.bin")
-    h = TlsHarness(cold_root, certs, static_cold="cache")
-    try:
+    with _tls(cold_root, certs, static_cold="cache") as h:
         evict(path)
         assert _tls_get(h, "/static/big.bin", len(content)) == content
         names = _names(h)
         assert "SEND_FILE AIO_WAIT SEND_FILE" in names and "SEND_BUFFER" not in names, names
         assert h.conn.path == "mixed"
         _cached_but_reclaimed(path)
-        _tls_clean(h)
-    finally:
-        h.close()
 
 
 def test_a_cold_multipart_body_over_tls_is_read_with_o_direct(
@@ -313,8 +301,7 @@ def test_a_cold_multipart_body_over_tls_is_read_with_o_direct(
     O_DIRECT, not by a buffered io_submit that would read it inside the call."""
     path = cold_root.path / "static" / "big.bin"
     content = cold_root.content("/static/big.bin")
-    h = TlsHarness(cold_root, certs)
-    try:
+    with _tls(cold_root, certs) as h:
         evict(path)
         h.send(f"GET /static/big.bin HTTP/1.1\r\nHost: t\r\nRange: {_ranges(TWO)}\r\n\r\n".encode())
         h.pump_until(lambda: h.received.find(b"\r\n\r\n") >= 0)
@@ -323,9 +310,6 @@ def test_a_cold_multipart_body_over_tls_is_read_with_o_direct(
         want = expected_body(boundary_of(ctype.strip()), content, TWO)
         assert h.body_of(len(want)) == want
         assert h.conn.path == "aio-direct"
-        _tls_clean(h)
-    finally:
-        h.close()
 
 
 # -- end to end: the installed server, as users start it -----------------------------------
@@ -389,8 +373,7 @@ def test_a_long_part_of_a_buffered_file_is_read_with_o_direct_even_when_cached(
     path = cold_root.path / "static" / "big.bin"
     content = cold_root.content("/static/big.bin")
     warm(path, len(content))
-    h = TlsHarness(cold_root, certs)  # no kTLS: /static/ parts go by buffered AIO
-    try:
+    with _tls(cold_root, certs) as h:  # no kTLS: /static/ parts go by buffered AIO
         long = [(0, 10), (MiB, 5 * MiB)]
         h.send(
             f"GET /static/big.bin HTTP/1.1\r\nHost: t\r\nRange: {_ranges(long)}\r\n\r\n".encode()
@@ -406,9 +389,6 @@ def test_a_long_part_of_a_buffered_file_is_read_with_o_direct_even_when_cached(
         h.send(f"GET /static/big.bin HTTP/1.1\r\nHost: t\r\nRange: {_ranges(TWO)}\r\n\r\n".encode())
         h.pump_until(lambda: h.received.endswith(b"--\r\n"))
         assert h.conn.path == "aio-buffered"  # short parts, cached: from the page cache
-        _tls_clean(h)
-    finally:
-        h.close()
 
 
 def test_without_o_direct_a_cold_part_is_sent_by_sendfile(
