@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import requests
 
 import aiobind
 from aws.resource import Resource
+from aws.sending import Sending
 from aws.tls_connection import TlsConnection
 from tests.conftest import DocRoot, stop_server
 from tests.test_cold import (
@@ -403,3 +405,35 @@ def test_without_o_direct_a_cold_part_is_sent_by_sendfile(
     ctype, body = _multipart(harness, "/static/big.bin", TWO)
     assert body == expected_body(boundary_of(ctype), cold_root.content("/static/big.bin"), TWO)
     assert "AIO_WAIT" not in _names(harness) and harness.conn.path == "sendfile"
+
+
+def test_without_o_direct_many_cold_parts_go_by_sendfile_in_one_pass(
+    cold_root: DocRoot,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where O_DIRECT is refused, the first cold part turns the asking off for the rest
+    of the body. Asking each part, finding it cold and sending it by a nested turn took
+    6 frames a part: 600 small parts raised RecursionError and closed the connection."""
+    monkeypatch.setattr(Resource, "direct_fd", lambda self: -1)
+    cold_parts = 0
+    read_cold_part = Sending._read_cold_part
+
+    def counted(self: Sending) -> None:
+        nonlocal cold_parts
+        cold_parts += 1
+        read_cold_part(self)
+
+    monkeypatch.setattr(Sending, "_read_cold_part", counted)
+    ranges = [(i * 20_000, i * 20_000 + 10) for i in range(600)]
+    h = Harness(cold_root, max_ranges=600)
+    # Room for all 1,200 small sends (a TCP socket would coalesce them), so the sending
+    # is not cut into turns by a full socket; capped by net.core.wmem_max.
+    h.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * MiB)
+    try:
+        evict(cold_root.path / "static" / "big.bin")
+        ctype, body = _multipart(h, "/static/big.bin", ranges)
+        content = cold_root.content("/static/big.bin")
+        assert body == expected_body(boundary_of(ctype), content, ranges)
+        assert cold_parts == 1 and h.conn.path == "sendfile"
+    finally:
+        h.close()

@@ -48,15 +48,21 @@ def segments(
 class Cursor:
     """Where a multipart transfer is: the bytes of the current segment still to send,
     then its file range ``[pos, stop)``, known to be in the page cache up to
-    ``warm_to``."""
+    ``warm_to`` (or not asked about, when ``asking`` is off)."""
 
-    __slots__ = ("data", "index", "pos", "segments", "stop", "warm_to")
+    __slots__ = ("asking", "data", "index", "pos", "segments", "stop", "warm_to")
 
     def __init__(self, segs: list[Segment]) -> None:
         self.segments = segs
         self.index = 0
         self.data, self.pos, self.stop = segs[0]
+        self.asking = True
         self.warm_to = self.pos  # not asked yet
+
+    def stop_asking(self) -> None:
+        """Send the rest as it is: a cold range has nowhere else to go."""
+        self.asking = False
+        self.warm_to = self.stop
 
     def advance(self) -> bool:
         """On to the next segment; False when there is none."""
@@ -64,7 +70,7 @@ class Cursor:
         if self.index >= len(self.segments):
             return False
         self.data, self.pos, self.stop = self.segments[self.index]
-        self.warm_to = self.pos
+        self.warm_to = self.pos if self.asking else self.stop
         return True
 
 

@@ -402,8 +402,11 @@ class Sending:
         res, cursor = self.res, self.parts
         assert res is not None and cursor is not None
         dfd = res.direct_fd()
-        if dfd < 0:  # no O_DIRECT on this file system: sendfile it, waiting if it must
-            cursor.warm_to = cursor.stop
+        if dfd < 0:
+            # No O_DIRECT on this file system: sendfile this part and the rest, waiting if
+            # they must. Asking on would find each cold part again and send it by one more
+            # nested turn: a frame stack as deep as the parts are many.
+            cursor.stop_asking()
             self._send_body(EPOLLOUT)
             return
         self.path = "mixed"
