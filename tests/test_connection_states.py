@@ -19,7 +19,14 @@ import pytest
 
 from aws import states as S
 from aws.config import Config
-from aws.connection import SENDING, TRANSITIONS, Connection, IllegalTransition, State
+from aws.connection import (
+    MAX_PIPELINED_PER_TURN,
+    SENDING,
+    TRANSITIONS,
+    Connection,
+    IllegalTransition,
+    State,
+)
 from aws.loop import Loop
 from aws.metrics import WorkerCounters
 from aws.server import Server
@@ -289,6 +296,40 @@ def test_pipelined_pair_states(harness: Harness, docroot: DocRoot) -> None:
         "READ_HEAD",
     ]
     assert harness.conn.requests == 2
+
+
+def test_pipelined_answers_stop_at_a_turns_budget(docroot: DocRoot) -> None:
+    """Requests a client pipelined at once are answered, in one turn, only until their
+    bodies have sent a turn's budget (--sendfile-chunk); the rest wait for the next
+    turns, behind the other connections' events, and all come back in order."""
+    docroot.warm_small()
+    h = Harness(docroot, sendfile_chunk=16 * 1024)
+    try:
+        path = "/static/f4097.bin"
+        h.client.sendall(_get(path) * 10)
+        h.loop.run_once()  # 4 x 4,097 bytes: the budget is spent
+        assert h.conn.requests == 4
+        h.loop.run_once()
+        assert h.conn.requests == 8
+        answers = h.responses(10)
+        assert answers == [(200, docroot.content(path))] * 10
+    finally:
+        h.close()
+
+
+def test_more_pipelined_requests_than_a_turn_takes_wait_for_the_next_turn(
+    harness: Harness, docroot: DocRoot
+) -> None:
+    """Small answers cost no budget to speak of, but one turn answers at most
+    MAX_PIPELINED_PER_TURN; the rest go in the next turn, not later in the same one."""
+    path = "/static/f1.bin"
+    harness.client.sendall(_get(path) * (MAX_PIPELINED_PER_TURN + 8))
+    harness.loop.run_once()
+    assert harness.conn.requests == MAX_PIPELINED_PER_TURN
+    harness.loop.run_once()
+    assert harness.conn.requests == MAX_PIPELINED_PER_TURN + 8
+    answers = harness.responses(MAX_PIPELINED_PER_TURN + 8)
+    assert answers == [(200, docroot.content(path))] * (MAX_PIPELINED_PER_TURN + 8)
 
 
 def test_pipelined_static_pair_states(harness: Harness, docroot: DocRoot) -> None:

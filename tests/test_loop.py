@@ -470,3 +470,31 @@ def test_close_closes_the_epoll_fd(clock: FakeClock) -> None:
     assert lp.epoll.closed
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_call_next_turn_from_an_event_waits_for_the_next_turn(loop: Loop) -> None:
+    """call_soon from an event runs in the same turn; call_next_turn, in the next."""
+    ran: list[str] = []
+    a, b = socket.socketpair()
+    try:
+
+        class Reader:
+            def on_event(self, events: int) -> None:
+                a.recv(16)
+                loop.call_soon(lambda: ran.append("soon"))
+                loop.call_next_turn(lambda: ran.append("next turn"))
+
+            def on_error(self, exc: BaseException) -> None:
+                raise AssertionError(exc)
+
+        loop.add(a.fileno(), EPOLLIN, Reader())
+        b.send(b"x")
+        loop.run_once()
+        assert ran == ["soon"]
+        loop.run_once()  # nothing to read now: it does not block, and runs the callback
+        assert ran == ["soon", "next turn"]
+        assert not loop.ready and not loop.next_turn
+    finally:
+        loop.remove(a.fileno())
+        a.close()
+        b.close()

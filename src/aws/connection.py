@@ -57,7 +57,7 @@ CONTINUE = b"100-continue"
 
 
 RECV_SIZE = 64 * 1024
-MAX_PIPELINED_PER_TURN = 32  # then yield to the other connections of the loop
+MAX_PIPELINED_PER_TURN = 32  # then wait for the next turn, behind the other connections
 LINGER_TIMEOUT = 2.0
 
 
@@ -332,13 +332,18 @@ class Connection(Replaying, Sending):
     # -- requests ------------------------------------------------------------------------
 
     def _process(self) -> None:
-        """Answer every complete request already buffered, in order."""
+        """Answer every complete request already buffered, in order: in one turn, at
+        most MAX_PIPELINED_PER_TURN of them and, once their bodies have sent a turn's
+        budget (``--sendfile-chunk``), no more; the rest wait for the next turn."""
         if self.busy:
             return
         self.busy = True
         framer = self.framer
+        budget = self.server.config.sendfile_chunk
         try:
             for _ in range(MAX_PIPELINED_PER_TURN):
+                if budget <= 0:
+                    break
                 if self.state is not READ_HEAD:
                     return
                 if not framer.buf:
@@ -370,8 +375,12 @@ class Connection(Replaying, Sending):
                     self._to(READ_BODY)
                     return
                 self._respond(req)
+                if self.state is READ_HEAD:  # answered whole, at once
+                    budget -= self.sent
             if self.state is READ_HEAD and framer.buf:
-                self.server.loop.call_soon(self._resume)
+                # Pipelined answers a client sent at once would otherwise all go in
+                # this turn: small requests of the other connections wait behind them.
+                self.server.loop.call_next_turn(self._resume)
         finally:
             self.busy = False
 

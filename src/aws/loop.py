@@ -44,6 +44,7 @@ class Loop:
         self.clock = clock
         self.handlers: dict[int, Handler] = {}
         self.ready: deque[Callable[[], None]] = deque()
+        self.next_turn: list[Callable[[], None]] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = count()
         self.max_events = max_events
@@ -81,7 +82,14 @@ class Loop:
     # -- scheduling ---------------------------------------------------------------------
 
     def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run after this turn's events (queued by a callback: after the next turn's)."""
         self.ready.append(callback)
+
+    def call_next_turn(self, callback: Callable[[], None]) -> None:
+        """Asked during a turn (by an event, a callback or a timer): run after the next
+        turn's events. For work put off to bound the turn that is running, which a
+        ``call_soon`` from an event would only lengthen."""
+        self.next_turn.append(callback)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (when, next(self._seq), callback))
@@ -105,7 +113,7 @@ class Loop:
         self.running = False
 
     def _timeout(self) -> float:
-        if self.ready:
+        if self.ready or self.next_turn:
             return 0.0
         if self._timers:
             return min(max(0.0, self._timers[0][0] - self.clock()), 1.0)
@@ -136,6 +144,9 @@ class Loop:
         timers = self._timers
         if timers and timers[0][0] <= self.now:
             self._run_timers(timers)
+        if self.next_turn:
+            ready.extend(self.next_turn)
+            self.next_turn.clear()
         counts = self.turn_counts
         if counts is not None:
             took = self.clock() - self.now
